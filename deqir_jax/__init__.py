@@ -1,0 +1,17 @@
+"""deqir_jax: diffusion image restoration as a deep-equilibrium fixed-point system (DeqIR).
+
+``import deqir_jax as dq``; see the README for the public surface.
+"""
+
+from . import diffusion, solve
+from .restore import Restoration, SolverError, make_problem, make_solver, restore
+
+__all__ = [
+    "Restoration",
+    "SolverError",
+    "diffusion",
+    "make_problem",
+    "make_solver",
+    "restore",
+    "solve",
+]

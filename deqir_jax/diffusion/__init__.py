@@ -1,0 +1,35 @@
+"""Schedules, step coefficients, the sequential samplers and the DeqIR fixed-point map."""
+
+from .coefficients import StepCoefficients, step_coefficients
+from .deq_map import DEQMap, initial_trajectory
+from .gaussian import GaussianModel, gaussian_eps
+from .problem import Problem
+from .samplers import ddnm_step, sequential_sample
+from .scan import affine_scan
+from .schedules import (
+    alpha_bar_at,
+    alphas_cumprod,
+    cosine_betas,
+    get_betas,
+    linear_betas,
+    timesteps,
+)
+
+__all__ = [
+    "DEQMap",
+    "GaussianModel",
+    "Problem",
+    "StepCoefficients",
+    "affine_scan",
+    "alpha_bar_at",
+    "alphas_cumprod",
+    "cosine_betas",
+    "ddnm_step",
+    "gaussian_eps",
+    "get_betas",
+    "initial_trajectory",
+    "linear_betas",
+    "sequential_sample",
+    "step_coefficients",
+    "timesteps",
+]

@@ -1,0 +1,96 @@
+"""The joint fixed-point map of DeqIR (ALGORITHM.md §3).
+
+For the stacked trajectory ``X = [x_1; …; x_T]`` (shape (B, T, H, W, C)), one evaluation
+``X ← F(X; problem)`` is
+
+1. one batched network call on all B·T rows: inputs ``[x_T, x_1, …, x_{T−1}]`` at times
+   ``[τ_1, …, τ_T]`` (optionally in chunks with ``jax.lax.map``),
+2. the affine prefix scan over timesteps (the paper's cumulative sum), separately in the null
+   space ``Q`` and the range space ``P`` of A:
+   ``Q x_i = d_i Q x_{i−1} + e_i Q ε_i + c1_i Q z_i``,
+   ``P x_i = d_i(1−λ_i) P x_{i−1} + e'_i P ε_i + c1_i P z_i + λ_i √a'_i A⁺y``,
+3. ``x_i = Q x_i + P x_i``.
+
+Row i depends only on rows < i, so the Jacobian is strictly block lower-triangular and the unique
+fixed point is the sequential trajectory of :func:`~deqir_jax.diffusion.sequential_sample`. The
+coefficients come from the same :class:`StepCoefficients` as the sequential step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from .problem import Problem
+from .scan import affine_scan
+
+
+@dataclasses.dataclass(frozen=True)
+class DEQMap:
+    """``F(X, problem)`` for the DeqIR fixed point (hashable; usable as a static jit argument).
+
+    Attributes:
+        eps_fn: ``eps_fn(params, x, t) -> ε`` on (N, H, W, C) inputs, ε channels only.
+        chunk_size: evaluate the network on at most this many rows at a time
+            (``jax.lax.map`` with ``batch_size``), to bound activation memory; None = all rows.
+        scan: the prefix-scan function (``affine_scan`` or a sharded variant from
+            :mod:`deqir_jax.parallel`).
+    """
+
+    eps_fn: Callable
+    chunk_size: int | None = None
+    scan: Callable = affine_scan
+
+    def network_inputs(self, X, problem: Problem):
+        """The shifted stack ``[x_T, x_1, …, x_{T−1}]`` fed to the network, (B, T, H, W, C)."""
+        return jnp.concatenate([problem.x_T[:, None].astype(X.dtype), X[:, :-1]], axis=1)
+
+    def eps(self, X, problem: Problem):
+        """ε_θ on all B·T rows of the shifted stack, (B, T, H, W, C)."""
+        xin = self.network_inputs(X, problem)
+        B, T = xin.shape[:2]
+        flat = xin.reshape((B * T,) + xin.shape[2:])
+        t = jnp.tile(jnp.asarray(problem.coeffs.t, jnp.int32), B)
+        if self.chunk_size is None or self.chunk_size >= B * T:
+            eps = self.eps_fn(problem.params, flat, t)
+        else:
+            eps = jax.lax.map(
+                lambda a: self.eps_fn(problem.params, a[0][None], a[1][None])[0],
+                (flat, t),
+                batch_size=self.chunk_size,
+            )
+        return eps.astype(X.dtype).reshape(xin.shape)
+
+    def combine(self, eps, problem: Problem):
+        """Steps 2-3: the trajectory implied by the per-row ε (B, T, H, W, C)."""
+        dtype = eps.dtype
+        c = problem.coeffs.astype(dtype)
+        shape = (1, -1, 1, 1, 1)
+        col = lambda a: jnp.reshape(a, shape)
+        x_T = problem.x_T.astype(dtype)
+        noise = problem.noise.astype(dtype)
+        p_eps = problem.project_range(eps)
+        p_noise = problem.project_range(noise)
+        p_xT = problem.project_range(x_T)
+        v_null = col(c.eps_null) * (eps - p_eps) + col(c.c1) * (noise - p_noise)
+        v_range = (
+            col(c.eps_range) * p_eps
+            + col(c.c1) * p_noise
+            + col(c.apy_weight) * problem.apy()[:, None].astype(dtype)
+        )
+        u_null = self.scan(c.decay_null, v_null, x_T - p_xT)
+        u_range = self.scan(c.decay_range, v_range, p_xT)
+        return u_null + u_range
+
+    def __call__(self, X, problem: Problem):
+        return self.combine(self.eps(X, problem), problem)
+
+
+def initial_trajectory(problem: Problem, T: int | None = None, dtype=None):
+    """The official start: every row set to x_T, (B, T, H, W, C)."""
+    T = problem.num_steps if T is None else T
+    x_T = problem.x_T if dtype is None else problem.x_T.astype(dtype)
+    return jnp.broadcast_to(x_T[:, None], (x_T.shape[0], T) + x_T.shape[1:])

@@ -1,0 +1,286 @@
+"""``dq.restore``: restore images with a diffusion prior, sequentially or as a DEQ fixed point."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .diffusion import DEQMap, Problem, initial_trajectory, sequential_sample, step_coefficients
+from .solve import Anderson, Picard, Result, Solution, fixed_point
+
+METHODS = ("sequential", "anderson", "picard")
+
+
+class SolverError(RuntimeError):
+    """The fixed-point solve failed (non-finite values, or no convergence when asked to raise)."""
+
+
+@dataclasses.dataclass
+class Restoration:
+    """Result of :func:`restore`.
+
+    Attributes:
+        image: (B, H, W, C) restored images in [-1, 1] (not clipped).
+        apy: (B, H, W, C) ``A⁺y`` (zeros without an operator).
+        stats: plain-Python summary: ``method``, ``timesteps``, ``iterations`` (parallel map
+            evaluations; T for sequential), ``nfe`` (network evaluations per image),
+            ``converged``, ``result``, ``residual`` (per image), ``residual_history``.
+        solution: the :class:`~deqir_jax.solve.Solution` (None for sequential).
+        trajectory: (B, T, H, W, C) all states, when asked for.
+        x_T, noise: the initial noise and the step noise actually used.
+    """
+
+    image: jax.Array
+    apy: jax.Array
+    stats: dict
+    solution: Solution | None
+    trajectory: jax.Array | None
+    x_T: jax.Array
+    noise: jax.Array
+
+
+@functools.lru_cache(maxsize=64)
+def eps_view(eps_fn, channels: int):
+    """``(params, x, t) -> eps_fn(params, x, t)[..., :channels]``: the ε channels of a network
+    whose full output may also hold learned variances. Cached, so jit sees the same function."""
+
+    def eps(params, x, t):
+        return eps_fn(params, x, t)[..., :channels]
+
+    return eps
+
+
+def _as_key(key):
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    return key
+
+
+def _check_array(name: str, a, shape=None):
+    a = jnp.asarray(a)
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if not bool(jnp.all(jnp.isfinite(a))):
+        raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+    return a
+
+
+def make_problem(
+    model,
+    y,
+    op,
+    *,
+    timesteps: int = 25,
+    key=None,
+    x_T=None,
+    noise=None,
+    nw: float = 0.0,
+    etw: float = 0.0,
+    sigma_y: float = 0.0,
+    noise_aware: bool = False,
+    fresh_noise: bool = False,
+    schedule: str = "linear",
+    skip_type: str = "uniform",
+    image_shape=None,
+    batch: int | None = None,
+    dtype=jnp.float32,
+) -> Problem:
+    """Validate the inputs of :func:`restore` and assemble the :class:`Problem` pytree."""
+    coeffs = step_coefficients(
+        timesteps, nw=nw, etw=etw, sigma_y=sigma_y, noise_aware=noise_aware,
+        schedule=schedule, skip_type=skip_type,
+    )
+    if op is not None:
+        image_shape = tuple(op.image_shape)
+        if y is None:
+            raise ValueError("y is required when an operator is given")
+        y = jnp.asarray(y)
+        expected = tuple(op.measurement_shape)
+        if y.ndim == len(expected):
+            y = y[None]
+        if tuple(y.shape[1:]) != expected:
+            raise ValueError(
+                f"y must have shape (B, {', '.join(map(str, expected))}) for task {op.name!r}, "
+                f"got {tuple(y.shape)}"
+            )
+        y = _check_array("y", y).astype(dtype)
+        batch = y.shape[0]
+    else:
+        y = None
+        if x_T is not None:
+            image_shape = tuple(jnp.shape(x_T)[1:])
+            batch = jnp.shape(x_T)[0]
+        if image_shape is None:
+            raise ValueError("image_shape (H, W, C) or x_T is required without an operator")
+        batch = 1 if batch is None else batch
+    image_shape = tuple(int(s) for s in image_shape)
+    if len(image_shape) != 3:
+        raise ValueError(f"image_shape must be (H, W, C), got {image_shape}")
+    k_x, k_z = jax.random.split(_as_key(key))
+    shape = (batch,) + image_shape
+    if x_T is None:
+        x_T = jax.random.normal(k_x, shape, dtype)
+    x_T = _check_array("x_T", x_T, shape).astype(dtype)
+    steps = timesteps if fresh_noise else 1
+    if noise is None:
+        noise = jax.random.normal(k_z, (batch, steps) + image_shape, dtype)
+    else:
+        noise = jnp.asarray(noise)
+        if noise.shape == shape:
+            noise = noise[:, None]
+        if noise.shape not in ((batch, 1) + image_shape, (batch, timesteps) + image_shape):
+            raise ValueError(
+                f"noise must have shape {shape} (shared) or {(batch, timesteps) + image_shape} "
+                f"(fresh per step), got {tuple(noise.shape)}"
+            )
+        noise = _check_array("noise", noise).astype(dtype)
+    return Problem(params=model.params, x_T=x_T, y=y, noise=noise, coeffs=coeffs, op=op)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("return_trajectory",))
+def _sequential(eps, problem, return_trajectory=False):
+    return sequential_sample(eps, problem, return_trajectory=return_trajectory)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _parallel(deq_map, solver, X0, problem, row_scale):
+    return fixed_point(deq_map, solver, X0, problem, row_scale=row_scale)
+
+
+def make_solver(method: str, timesteps: int, solver=None, faithful: bool = False, **options):
+    """The solver for ``method``: an explicit ``solver`` wins; else ``Anderson.faithful()``
+    (official settings) or ``Anderson``/``Picard`` with ``options``. Picard's default step limit
+    is T + 1, where it is exact; Anderson's is max(2T, 15) with tolerance 1e-4."""
+    if solver is not None:
+        return solver
+    if method == "anderson":
+        if faithful:
+            return Anderson.faithful(**options)
+        options.setdefault("max_steps", max(2 * timesteps, 15))
+        return Anderson(**options)
+    if method == "picard":
+        options.setdefault("max_steps", timesteps + 1)
+        return Picard(**options)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def restore(
+    model,
+    y,
+    op,
+    timesteps: int = 25,
+    method: str = "anderson",
+    *,
+    key=None,
+    x_T=None,
+    noise=None,
+    nw: float = 0.0,
+    etw: float = 0.0,
+    sigma_y: float = 0.0,
+    noise_aware: bool = False,
+    fresh_noise: bool = False,
+    schedule: str = "linear",
+    skip_type: str = "uniform",
+    image_shape=None,
+    batch: int | None = None,
+    solver: Any = None,
+    faithful: bool = False,
+    chunk_size: int | None = None,
+    scan=None,
+    on_max_steps: str = "warn",
+    return_trajectory: bool = False,
+    dtype=jnp.float32,
+    **solver_options,
+) -> Restoration:
+    """Restore ``y = A x (+ noise)`` with the diffusion prior of ``model``.
+
+    Args:
+        model: anything with ``params`` and ``eps_fn(params, x, t)`` (full network output; the
+            first C channels are ε), e.g. ``dq.models.load(...)`` or ``GaussianModel``.
+        y: (B, *op.measurement_shape) measurements in [-1, 1] units (a single one may omit B).
+        op: operator from ``dq.operators.get``; None for unconditional DDIM (DEQ-DDIM).
+        timesteps: T sampling steps (official uniform skip).
+        method: ``"sequential"`` (T network calls in a lax.scan), ``"anderson"`` or
+            ``"picard"`` (the DEQ fixed point, one batched call of T rows per iteration).
+        key: PRNG key or int seed for x_T and the noise; explicit ``x_T``/``noise`` override it.
+        nw, etw: DeqIR's noise and ε weights (official example: nw 0, etw 0.1).
+        sigma_y: measurement noise std in [0, 1] pixel units (used by ``noise_aware``).
+        noise_aware: DDNM+ correction for noisy y. fresh_noise: a new z per step (standard
+            DDNM) instead of the official single shared z.
+        solver: an explicit ``Anderson(...)``/``Picard(...)``; ``faithful=True`` selects the
+            official Anderson settings; other keyword options go to the solver.
+        chunk_size: network rows per call (bounds memory for long trajectories).
+        scan: the prefix scan (``dq.parallel.sharded_scan(mesh)`` to shard timesteps).
+        on_max_steps: ``"warn"``, ``"raise"`` or ``"ignore"`` when the step limit is hit.
+            Non-finite values always raise :class:`SolverError`.
+
+    Returns:
+        :class:`Restoration`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if on_max_steps not in ("warn", "raise", "ignore"):
+        raise ValueError(f"on_max_steps must be 'warn', 'raise' or 'ignore', got {on_max_steps!r}")
+    problem = make_problem(
+        model, y, op, timesteps=timesteps, key=key, x_T=x_T, noise=noise, nw=nw, etw=etw,
+        sigma_y=sigma_y, noise_aware=noise_aware, fresh_noise=fresh_noise, schedule=schedule,
+        skip_type=skip_type, image_shape=image_shape, batch=batch, dtype=dtype,
+    )
+    eps = eps_view(model.eps_fn, problem.x_T.shape[-1])
+    apy = problem.apy()
+    T = timesteps
+    if method == "sequential":
+        if solver_options or solver is not None:
+            raise TypeError("solver options do not apply to method='sequential'")
+        out = _sequential(eps, problem, return_trajectory=return_trajectory)
+        image, traj = out if return_trajectory else (out, None)
+        if not bool(jnp.all(jnp.isfinite(image))):
+            raise SolverError("the sequential sampler produced non-finite values")
+        stats = dict(method=method, timesteps=T, iterations=T, nfe=T, converged=True,
+                     result="sequential", residual=None, residual_history=[])
+        return Restoration(image, apy, stats, None, traj, problem.x_T, problem.noise)
+
+    solver = make_solver(method, T, solver, faithful, **solver_options)
+    kwargs = {} if scan is None else {"scan": scan}
+    deq_map = DEQMap(eps, chunk_size=chunk_size, **kwargs)
+    X0 = initial_trajectory(problem)
+    row_scale = jnp.asarray(problem.coeffs.sqrt_1ma, dtype)
+    sol = _parallel(deq_map, solver, X0, problem, row_scale)
+    result = Result(int(sol.result))
+    hist = np.asarray(sol.stats.residual_history)
+    stats = dict(
+        method=method,
+        timesteps=T,
+        iterations=int(sol.stats.map_evals),
+        nfe=int(sol.stats.row_evals),
+        converged=result == Result.CONVERGED,
+        result=result.name.lower(),
+        residual=np.asarray(sol.stats.residual).tolist(),
+        residual_history=[float(h) for h in hist[~np.isnan(hist)]],
+    )
+    if result == Result.NONFINITE:
+        raise SolverError(
+            f"{method} solver stopped after {stats['iterations']} map evaluations: "
+            f"{result.message()}; no image is returned"
+        )
+    if result == Result.MAX_STEPS and on_max_steps != "ignore":
+        msg = (
+            f"{method} solver {result.message()} ({solver.max_steps} map evaluations); final "
+            f"residual {max(stats['residual']):.3g} > tol {solver.tol}"
+        )
+        if on_max_steps == "raise":
+            raise SolverError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    image = sol.value[:, -1]
+    traj = sol.value if return_trajectory else None
+    return Restoration(image, apy, stats, sol, traj, problem.x_T, problem.noise)

@@ -1,0 +1,18 @@
+"""Fixed-point solvers with result codes and implicit gradients (ALGORITHM.md §4-5)."""
+
+from .fixed_point import Implicit, Phantom, Unrolled, fixed_point
+from .solution import Result, Solution, Stats
+from .solvers import Anderson, Picard, residuals
+
+__all__ = [
+    "Anderson",
+    "Implicit",
+    "Phantom",
+    "Picard",
+    "Result",
+    "Solution",
+    "Stats",
+    "Unrolled",
+    "fixed_point",
+    "residuals",
+]

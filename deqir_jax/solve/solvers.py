@@ -1,0 +1,281 @@
+"""Fixed-point solvers as frozen dataclasses: Anderson acceleration and (damped) Picard.
+
+Both run as ``init`` + repeated ``step`` over one loop state, driven by ONE
+``jax.lax.while_loop`` (or a ``lax.scan`` for unrolled differentiation) in
+:mod:`deqir_jax.solve.fixed_point`. The iterate ``X`` has layout ``(B, R, ...)``: B independent
+problems (images), R rows (timesteps) each.
+
+Stopping rules:
+    ``"relative"`` (official): per problem ``‖F(X) − X‖ / (1e-5 + ‖F(X)‖) ≤ tol`` (Frobenius).
+    ``"per_row"`` (ParaDiGMS): every row ``‖F(X)_r − X_r‖² / (D · scale_r²) ≤ tol²``, with
+    ``scale_r`` the row's noise level (passed as ``row_scale``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from .solution import Result
+
+STOP_RULES = ("relative", "per_row")
+
+
+def _static_dataclass(cls):
+    """A frozen dataclass registered as a pytree with only static fields (hashable)."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    return jax.tree_util.register_dataclass(cls, data_fields=[], meta_fields=names)
+
+
+def _check(solver) -> None:
+    if solver.stop not in STOP_RULES:
+        raise ValueError(f"stop must be one of {STOP_RULES}, got {solver.stop!r}")
+    if not solver.tol > 0:
+        raise ValueError(f"tol must be > 0, got {solver.tol}")
+    if int(solver.max_steps) < 1:
+        raise ValueError(f"max_steps must be >= 1, got {solver.max_steps}")
+
+
+def _norm(a, axes):
+    return jnp.sqrt(jnp.sum(jnp.square(a), axis=axes))
+
+
+def residuals(x, fx, row_scale):
+    """Per-problem relative residual (B,) and per-row scaled residual (B, R)."""
+    d = (fx - x).astype(jnp.float32 if x.dtype == jnp.bfloat16 else x.dtype)
+    all_axes = tuple(range(1, x.ndim))
+    rel = _norm(d, all_axes) / (1e-5 + _norm(fx.astype(d.dtype), all_axes))
+    row_axes = tuple(range(2, x.ndim))
+    size = 1
+    for s in x.shape[2:]:
+        size *= s
+    row = _norm(d, row_axes) / jnp.sqrt(jnp.asarray(size, d.dtype))
+    if row_scale is not None:
+        row = row / jnp.asarray(row_scale, d.dtype)[None, :]
+    return rel, row
+
+
+class _Base:
+    """Shared loop bookkeeping: residuals, best iterate, result code."""
+
+    def _measure(self, rel, row):
+        return jnp.max(rel) if self.stop == "relative" else jnp.max(row)
+
+    def _bookkeep(self, state, x, fx, row_scale, checked):
+        rel, row = residuals(x, fx, row_scale)
+        measure = self._measure(rel, row)
+        k = state["evals"]
+        finite = jnp.all(jnp.isfinite(fx)) & jnp.all(jnp.isfinite(x))
+        measure = jnp.where(checked, measure, jnp.inf)
+        hist = state["history"].at[k - 1].set(
+            jnp.where(checked, measure, jnp.nan).astype(jnp.float32))
+        better = (measure < state["best_measure"]) & finite
+        pick = lambda new, old: jnp.where(better, new, old)
+        result = jnp.where(
+            ~finite,
+            Result.NONFINITE,
+            jnp.where(measure <= self.tol, Result.CONVERGED, Result.MAX_STEPS),
+        ).astype(jnp.int32)
+        state = dict(state, x=x, fx=fx, history=hist, rel=rel, row=row, result=result)
+        if self.return_best:
+            state.update(
+                best_x=pick(x, state["best_x"]),
+                best_fx=pick(fx, state["best_fx"]),
+                best_rel=pick(rel, state["best_rel"]),
+                best_row=pick(row, state["best_row"]),
+                best_measure=pick(measure, state["best_measure"]),
+            )
+        return state
+
+    def _start(self, fn, X0, args, row_scale):
+        fx = fn(X0, args)
+        inf = jnp.asarray(jnp.inf, jnp.float32)
+        state = dict(
+            evals=jnp.asarray(1, jnp.int32),
+            history=jnp.full((self.max_steps,), jnp.nan, jnp.float32),
+            best_measure=inf,
+        )
+        if self.return_best:
+            rel, row = residuals(X0, fx, row_scale)
+            state.update(best_x=X0, best_fx=fx, best_rel=rel, best_row=row)
+        return self._bookkeep(state, X0, fx, row_scale, self._checked(1))
+
+    def _checked(self, evals):
+        return evals > self.warmup
+
+    def done(self, state):
+        stop = (state["result"] != Result.MAX_STEPS) | (state["evals"] >= self.max_steps)
+        return stop
+
+    def finish(self, state):
+        """(value, result, rel, row) from the final loop state."""
+        if self.return_best:
+            value = state["best_fx"] if self.return_map_value else state["best_x"]
+            # A non-finite stop still reports NONFINITE, with the best finite iterate as value.
+            result = jnp.where(
+                state["result"] == Result.NONFINITE,
+                Result.NONFINITE,
+                jnp.where(state["best_measure"] <= self.tol, Result.CONVERGED, state["result"]),
+            )
+            return value, result, state["best_rel"], state["best_row"]
+        value = state["fx"] if self.return_map_value else state["x"]
+        return value, state["result"], state["rel"], state["row"]
+
+
+@_static_dataclass
+class Picard(_Base):
+    """Damped fixed-point iteration ``X ← (1−ω) X + ω F(X)``.
+
+    For the DeqIR map (nilpotent Jacobian) plain Picard (ω = 1) from any start reaches the exact
+    sequential trajectory after T map evaluations. Returns ``F(X)`` of the last (or best) iterate.
+    """
+
+    damping: float = 1.0
+    tol: float = 1e-5
+    max_steps: int = 100
+    stop: Literal["relative", "per_row"] = "relative"
+    return_best: bool = False
+    return_map_value: bool = True
+    warmup: int = 0
+
+    def __post_init__(self):
+        _check(self)
+        if not 0 < self.damping <= 1:
+            raise ValueError(f"damping must be in (0, 1], got {self.damping}")
+
+    def init(self, fn, X0, args, row_scale=None):
+        return self._start(fn, X0, args, row_scale)
+
+    def step(self, fn, state, args, row_scale=None):
+        x = state["x"] + self.damping * (state["fx"] - state["x"])
+        fx = fn(x, args)
+        state = dict(state, evals=state["evals"] + 1)
+        return self._bookkeep(state, x, fx, row_scale, self._checked(state["evals"]))
+
+
+@_static_dataclass
+class Anderson(_Base):
+    """Anderson acceleration (type II, the DEQ variant of Bai et al.) in one while_loop.
+
+    With history ``X_j, F_j = F(X_j)`` and ``G_j = F_j − X_j`` (j over the last ``m``), the
+    weights α minimise ``‖Σ α_j G_j‖² + λ‖α‖²`` subject to ``Σ α_j = 1`` via the bordered
+    (m+1)×(m+1) system, and ``X ← β Σ α_j F_j + (1−β) Σ α_j X_j``. The first ``warmup``
+    evaluations are plain steps (``X_{k+1} = F(X_k)``), as the official two set-up steps.
+
+    Attributes:
+        m: history size. lam: ridge λ. beta: mixing β. tol, max_steps (map evaluations), stop.
+        mixing: ``"per_row"`` solves α separately for every (problem, row) as the official
+            code (rows = timesteps); ``"per_image"`` one α per problem.
+        return_best: return the lowest-residual iterate instead of the last one.
+        return_map_value: return ``F(X)`` of that iterate (one free extra Picard step, still an
+            affine combination of map outputs, so ``A x̂ = y`` holds) instead of ``X``.
+        guard: fall back to a plain step for rows whose α solve is not finite.
+        relative_ridge: scale λ by the mean ``‖G_j‖²`` of each row (scale-invariant); the
+            official code uses an absolute λ, which drags converged rows (G ≈ 0) towards a
+            uniform average of old iterates.
+    """
+
+    m: int = 5
+    lam: float = 1e-3
+    beta: float = 1.0
+    tol: float = 1e-4
+    max_steps: int = 50
+    stop: Literal["relative", "per_row"] = "relative"
+    mixing: Literal["per_row", "per_image"] = "per_row"
+    warmup: int = 2
+    return_best: bool = True
+    return_map_value: bool = True
+    guard: bool = True
+    relative_ridge: bool = True
+
+    def __post_init__(self):
+        _check(self)
+        if self.m < 1:
+            raise ValueError(f"m must be >= 1, got {self.m}")
+        if self.mixing not in ("per_row", "per_image"):
+            raise ValueError(f"mixing must be 'per_row' or 'per_image', got {self.mixing!r}")
+        if not 0 < self.beta <= 1:
+            raise ValueError(f"beta must be in (0, 1], got {self.beta}")
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be >= 1, got {self.warmup}")
+
+    @classmethod
+    def faithful(cls, **overrides) -> Anderson:
+        """The official DeqIR settings (ALGORITHM.md §4): m 5, λ 1e-3, β 1, relative tol 1e-3,
+        15 evaluations, two plain warm-up steps, per-row mixing, returns the last mixed iterate,
+        no best tracking and no guard."""
+        kw = dict(m=5, lam=1e-3, beta=1.0, tol=1e-3, max_steps=15, stop="relative",
+                  mixing="per_row", warmup=2, return_best=False, return_map_value=False,
+                  guard=False, relative_ridge=False)
+        kw.update(overrides)
+        return cls(**kw)
+
+    def init(self, fn, X0, args, row_scale=None):
+        state = self._start(fn, X0, args, row_scale)
+        zeros = jnp.zeros((self.m,) + X0.shape, X0.dtype)
+        state["X_hist"] = zeros.at[0].set(X0)
+        state["F_hist"] = zeros.at[0].set(state["fx"])
+        return state
+
+    def _weights(self, state, lead):
+        """α of shape (R, m) for the next iterate; invalid slots get weight 0."""
+        k = state["evals"]
+        R = 1
+        for s in state["x"].shape[:lead]:
+            R *= s
+        dt = jnp.float32 if state["x"].dtype == jnp.bfloat16 else state["x"].dtype
+        G = (state["F_hist"] - state["X_hist"]).reshape(self.m, R, -1).astype(dt)
+        gram = jnp.einsum("ird,jrd->rij", G, G)
+        valid = (jnp.arange(self.m) < jnp.minimum(k, self.m)).astype(dt)
+        vv = valid[:, None] * valid[None, :]
+        eye = jnp.eye(self.m, dtype=dt)
+        lam = self.lam
+        if self.relative_ridge:
+            # λ relative to the mean squared residual of the valid slots: scale-invariant, so
+            # rows that have already converged (tiny G) are not pulled towards uniform α.
+            diag = jnp.diagonal(gram, axis1=1, axis2=2)
+            mean = jnp.sum(diag * valid, axis=1) / jnp.maximum(jnp.sum(valid), 1)
+            lam = self.lam * jnp.maximum(mean, jnp.finfo(dt).tiny)[:, None, None]
+        inner = vv * (gram + lam * eye) + (1 - valid)[:, None] * eye
+        K = jnp.zeros((R, self.m + 1, self.m + 1), dt)
+        K = K.at[:, 1:, 1:].set(inner)
+        K = K.at[:, 0, 1:].set(valid)
+        K = K.at[:, 1:, 0].set(valid)
+        rhs = jnp.zeros((R, self.m + 1), dt).at[:, 0].set(1)
+        alpha = jnp.linalg.solve(K, rhs[..., None])[..., 0][:, 1:]
+        latest = jax.nn.one_hot((k - 1) % self.m, self.m, dtype=dt)
+        plain = k < self.warmup
+        if self.guard:
+            bad = ~jnp.all(jnp.isfinite(alpha), axis=1, keepdims=True)
+            alpha = jnp.where(bad, latest[None], alpha)
+        return jnp.where(plain, latest[None], alpha)
+
+    def step(self, fn, state, args, row_scale=None):
+        lead = 2 if self.mixing == "per_row" else 1
+        x = state["x"]
+        alpha = self._weights(state, lead)  # (R, m)
+        R = alpha.shape[0]
+        shp = x.shape
+
+        def mix(H):
+            flat = H.reshape(self.m, R, -1)
+            return jnp.einsum("rj,jrd->rd", alpha.astype(flat.dtype), flat).reshape(shp)
+
+        plain = state["evals"] < self.warmup
+        beta = jnp.where(plain, 1.0, self.beta).astype(x.dtype)
+        x_new = beta * mix(state["F_hist"])
+        if self.beta != 1.0:
+            x_new = x_new + (1 - beta) * mix(state["X_hist"])
+        fx = fn(x_new, args)
+        slot = state["evals"] % self.m
+        state = dict(
+            state,
+            evals=state["evals"] + 1,
+            X_hist=state["X_hist"].at[slot].set(x_new),
+            F_hist=state["F_hist"].at[slot].set(fx),
+        )
+        return self._bookkeep(state, x_new, fx, row_scale, self._checked(state["evals"]))
