@@ -1,0 +1,26 @@
+"""Test configuration: float64 everywhere (maths checks are exact-value tests in float64;
+float32 code paths are exercised with explicit dtypes), and the shared data locations."""
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DEQIR_SHARED", ROOT.parent / "shared"))
+GOLDEN = SHARED / "golden"
+DATA = Path(os.environ.get("DEQIR_DATA", SHARED / "data"))
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """The official-code outputs (../shared/golden); skips when absent."""
+    path = GOLDEN / "deqir_official_tiny.npz"
+    if not path.exists():
+        pytest.skip(f"golden fixture {path} not found (needs the project's shared/ folder)")
+    import numpy as np
+
+    return dict(np.load(path))
