@@ -129,11 +129,11 @@ def make_problem(
     k_x, k_z = jax.random.split(_as_key(key))
     shape = (batch,) + image_shape
     if x_T is None:
-        x_T = jax.random.normal(k_x, shape, dtype)
+        x_T = jax.random.normal(k_x, shape, jnp.float32)  # same draw for every dtype
     x_T = _check_array("x_T", x_T, shape).astype(dtype)
     steps = timesteps if fresh_noise else 1
     if noise is None:
-        noise = jax.random.normal(k_z, (batch, steps) + image_shape, dtype)
+        noise = jax.random.normal(k_z, (batch, steps) + image_shape, jnp.float32).astype(dtype)
     else:
         noise = jnp.asarray(noise)
         if noise.shape == shape:
@@ -196,7 +196,7 @@ def restore(
     solver: Any = None,
     faithful: bool = False,
     chunk_size: int | None = None,
-    scan=None,
+    mesh=None,
     on_max_steps: str = "warn",
     return_trajectory: bool = False,
     dtype=jnp.float32,
@@ -220,7 +220,8 @@ def restore(
         solver: an explicit ``Anderson(...)``/``Picard(...)``; ``faithful=True`` selects the
             official Anderson settings; other keyword options go to the solver.
         chunk_size: network rows per call (bounds memory for long trajectories).
-        scan: the prefix scan (``dq.parallel.sharded_scan(mesh)`` to shard timesteps).
+        mesh: a ``jax.sharding.Mesh`` (``dq.parallel.make_mesh()``) to split the timestep
+            axis over its devices; T must be divisible by the device count.
         on_max_steps: ``"warn"``, ``"raise"`` or ``"ignore"`` when the step limit is hit.
             Non-finite values always raise :class:`SolverError`.
 
@@ -251,9 +252,19 @@ def restore(
         return Restoration(image, apy, stats, None, traj, problem.x_T, problem.noise)
 
     solver = make_solver(method, T, solver, faithful, **solver_options)
-    kwargs = {} if scan is None else {"scan": scan}
-    deq_map = DEQMap(eps, chunk_size=chunk_size, **kwargs)
     X0 = initial_trajectory(problem)
+    if mesh is None:
+        deq_map = DEQMap(eps, chunk_size=chunk_size)
+    else:
+        from .parallel import ShardedDEQMap, shard_trajectory
+
+        deq_map = ShardedDEQMap(eps, mesh, chunk_size=chunk_size)
+        if T % mesh.shape[deq_map.axis_name]:
+            raise ValueError(
+                f"timesteps T={T} must be divisible by the {mesh.shape[deq_map.axis_name]} "
+                "devices of the mesh"
+            )
+        X0 = shard_trajectory(X0, mesh)
     row_scale = jnp.asarray(problem.coeffs.sqrt_1ma, dtype)
     sol = _parallel(deq_map, solver, X0, problem, row_scale)
     result = Result(int(sol.result))

@@ -18,6 +18,7 @@ Both samplers read these numbers from :class:`StepCoefficients`, so they cannot 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -25,16 +26,21 @@ import numpy as np
 from . import schedules
 
 
-@jax.tree_util.register_dataclass
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["sqrt_a", "sqrt_1ma", "sqrt_a_next", "c1", "c2", "lam"],
+    meta_fields=["t"],
+)
 @dataclasses.dataclass(frozen=True)
 class StepCoefficients:
     """Scalars of each of the T steps, as arrays of shape (T,). A JAX pytree.
 
-    Fields: ``t`` network times τ_i (int32); ``sqrt_a`` √a_i; ``sqrt_1ma`` √(1−a_i);
+    Fields: ``t`` network times τ_i (a static tuple of ints, so the pytree has only float
+    leaves and ``jax.grad`` applies to problems directly); ``sqrt_a`` √a_i; ``sqrt_1ma`` √(1−a_i);
     ``sqrt_a_next`` √a'_i; ``c1`` noise weight; ``c2`` ε weight; ``lam`` DDNM+ λ_i.
     """
 
-    t: np.ndarray
+    t: tuple
     sqrt_a: np.ndarray
     sqrt_1ma: np.ndarray
     sqrt_a_next: np.ndarray
@@ -44,14 +50,13 @@ class StepCoefficients:
 
     @property
     def num_steps(self) -> int:
-        return int(np.shape(self.t)[0])
+        return len(self.t)
 
     def astype(self, dtype) -> StepCoefficients:
         """Float fields cast to ``dtype`` (``t`` stays integer)."""
         cast = lambda a: jax.numpy.asarray(a, dtype)
         return dataclasses.replace(
             self,
-            t=jax.numpy.asarray(self.t, jax.numpy.int32),
             sqrt_a=cast(self.sqrt_a),
             sqrt_1ma=cast(self.sqrt_1ma),
             sqrt_a_next=cast(self.sqrt_a_next),
@@ -137,7 +142,7 @@ def step_coefficients(
         gain = np.where(big, np.sqrt(np.maximum(s_next**2 - sy**2, 0.0)) / np.where(
             s_next > 0, s_next, 1.0), 0.0)
     return StepCoefficients(
-        t=taus,
+        t=tuple(int(t) for t in taus),
         sqrt_a=np.sqrt(a),
         sqrt_1ma=np.sqrt(1.0 - a),
         sqrt_a_next=np.sqrt(a_next),

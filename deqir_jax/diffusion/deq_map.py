@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from .problem import Problem
-from .scan import affine_scan
+from .scan import affine_scan, shard_shift, sharded_affine_scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,24 +36,43 @@ class DEQMap:
         eps_fn: ``eps_fn(params, x, t) -> ε`` on (N, H, W, C) inputs, ε channels only.
         chunk_size: evaluate the network on at most this many rows at a time
             (``jax.lax.map`` with ``batch_size``), to bound activation memory; None = all rows.
-        scan: the prefix-scan function (``affine_scan`` or a sharded variant from
-            :mod:`deqir_jax.parallel`).
+        axis_name: set when the map runs inside ``jax.shard_map`` with the timestep axis split
+            over this mesh axis (see :mod:`deqir_jax.parallel`): X, the coefficients and fresh
+            noises are then the local block of rows, the row shift uses one ``ppermute`` and
+            the prefix scan carries across shards in log2(devices) ``ppermute`` rounds.
     """
 
     eps_fn: Callable
     chunk_size: int | None = None
-    scan: Callable = affine_scan
+    axis_name: str | None = None
 
     def network_inputs(self, X, problem: Problem):
         """The shifted stack ``[x_T, x_1, …, x_{T−1}]`` fed to the network, (B, T, H, W, C)."""
-        return jnp.concatenate([problem.x_T[:, None].astype(X.dtype), X[:, :-1]], axis=1)
+        first = problem.x_T.astype(X.dtype)
+        if self.axis_name is not None:
+            first = shard_shift(X[:, -1], first, self.axis_name)
+        return jnp.concatenate([first[:, None], X[:, :-1]], axis=1)
+
+    def times(self, rows: int, problem: Problem):
+        """The network times of the (local) rows, int32 (rows,)."""
+        t = jnp.asarray(problem.coeffs.t, jnp.int32)
+        if self.axis_name is None:
+            return t
+        start = jax.lax.axis_index(self.axis_name) * rows
+        return jax.lax.dynamic_slice_in_dim(t, start, rows)
+
+    def scan(self, decay, v, init):
+        """The affine prefix scan over (local) rows, carried across shards when sharded."""
+        if self.axis_name is None:
+            return affine_scan(decay, v, init)
+        return sharded_affine_scan(decay, v, init, self.axis_name)
 
     def eps(self, X, problem: Problem):
         """ε_θ on all B·T rows of the shifted stack, (B, T, H, W, C)."""
         xin = self.network_inputs(X, problem)
         B, T = xin.shape[:2]
         flat = xin.reshape((B * T,) + xin.shape[2:])
-        t = jnp.tile(jnp.asarray(problem.coeffs.t, jnp.int32), B)
+        t = jnp.tile(self.times(T, problem), B)
         if self.chunk_size is None or self.chunk_size >= B * T:
             eps = self.eps_fn(problem.params, flat, t)
         else:

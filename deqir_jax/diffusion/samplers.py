@@ -44,12 +44,12 @@ def sequential_sample(eps_fn: EpsFn, problem: Problem, *, return_trajectory: boo
     coeffs = problem.coeffs.astype(problem.x_T.dtype)
 
     def body(x, step):
-        i, c = step
-        eps = eps_fn(problem.params, x, jnp.full((batch,), c.t, jnp.int32)).astype(x.dtype)
+        i, t, c = step
+        eps = eps_fn(problem.params, x, jnp.full((batch,), t, jnp.int32)).astype(x.dtype)
         x_next = ddnm_step(problem, c, x, eps, apy, problem.noise_at(i))
         return x_next, (x_next if return_trajectory else None)
 
-    x, traj = jax.lax.scan(body, problem.x_T, (jnp.arange(problem.num_steps), coeffs))
+    x, traj = jax.lax.scan(body, problem.x_T, (jnp.arange(problem.num_steps), jnp.asarray(coeffs.t, jnp.int32), coeffs))
     if return_trajectory:
         return x, jnp.moveaxis(traj, 0, 1)
     return x

@@ -221,15 +221,19 @@ class Anderson(_Base):
         state["F_hist"] = zeros.at[0].set(state["fx"])
         return state
 
-    def _weights(self, state, lead):
-        """α of shape (R, m) for the next iterate; invalid slots get weight 0."""
+    def _subscripts(self):
+        # History is viewed as (m, B, R, D) without merging B and R, so a row axis sharded over
+        # devices stays sharded (no all-gather of the history).
+        return ("jbrd,kbrd->brjk", "brj,jbrd->brd") if self.mixing == "per_row" else (
+            "jbrd,kbrd->bjk", "bj,jbrd->brd")
+
+    def _weights(self, state):
+        """α of shape (B, R, m) or (B, m) for the next iterate; invalid slots get weight 0."""
         k = state["evals"]
-        R = 1
-        for s in state["x"].shape[:lead]:
-            R *= s
-        dt = jnp.float32 if state["x"].dtype == jnp.bfloat16 else state["x"].dtype
-        G = (state["F_hist"] - state["X_hist"]).reshape(self.m, R, -1).astype(dt)
-        gram = jnp.einsum("ird,jrd->rij", G, G)
+        x = state["x"]
+        dt = jnp.float32 if x.dtype == jnp.bfloat16 else x.dtype
+        G = (state["F_hist"] - state["X_hist"]).reshape((self.m,) + x.shape[:2] + (-1,))
+        gram = jnp.einsum(self._subscripts()[0], G.astype(dt), G.astype(dt))
         valid = (jnp.arange(self.m) < jnp.minimum(k, self.m)).astype(dt)
         vv = valid[:, None] * valid[None, :]
         eye = jnp.eye(self.m, dtype=dt)
@@ -237,33 +241,31 @@ class Anderson(_Base):
         if self.relative_ridge:
             # λ relative to the mean squared residual of the valid slots: scale-invariant, so
             # rows that have already converged (tiny G) are not pulled towards uniform α.
-            diag = jnp.diagonal(gram, axis1=1, axis2=2)
-            mean = jnp.sum(diag * valid, axis=1) / jnp.maximum(jnp.sum(valid), 1)
-            lam = self.lam * jnp.maximum(mean, jnp.finfo(dt).tiny)[:, None, None]
+            diag = jnp.diagonal(gram, axis1=-2, axis2=-1)
+            mean = jnp.sum(diag * valid, axis=-1) / jnp.maximum(jnp.sum(valid), 1)
+            lam = self.lam * jnp.maximum(mean, jnp.finfo(dt).tiny)[..., None, None]
         inner = vv * (gram + lam * eye) + (1 - valid)[:, None] * eye
-        K = jnp.zeros((R, self.m + 1, self.m + 1), dt)
-        K = K.at[:, 1:, 1:].set(inner)
-        K = K.at[:, 0, 1:].set(valid)
-        K = K.at[:, 1:, 0].set(valid)
-        rhs = jnp.zeros((R, self.m + 1), dt).at[:, 0].set(1)
-        alpha = jnp.linalg.solve(K, rhs[..., None])[..., 0][:, 1:]
+        lead = gram.shape[:-2]
+        K = jnp.zeros(lead + (self.m + 1, self.m + 1), dt)
+        K = K.at[..., 1:, 1:].set(inner)
+        K = K.at[..., 0, 1:].set(valid)
+        K = K.at[..., 1:, 0].set(valid)
+        rhs = jnp.zeros(lead + (self.m + 1, 1), dt).at[..., 0, 0].set(1)
+        alpha = jnp.linalg.solve(K, rhs)[..., 1:, 0]
         latest = jax.nn.one_hot((k - 1) % self.m, self.m, dtype=dt)
-        plain = k < self.warmup
         if self.guard:
-            bad = ~jnp.all(jnp.isfinite(alpha), axis=1, keepdims=True)
-            alpha = jnp.where(bad, latest[None], alpha)
-        return jnp.where(plain, latest[None], alpha)
+            bad = ~jnp.all(jnp.isfinite(alpha), axis=-1, keepdims=True)
+            alpha = jnp.where(bad, latest, alpha)
+        return jnp.where(k < self.warmup, latest, alpha)
 
     def step(self, fn, state, args, row_scale=None):
-        lead = 2 if self.mixing == "per_row" else 1
         x = state["x"]
-        alpha = self._weights(state, lead)  # (R, m)
-        R = alpha.shape[0]
+        alpha = self._weights(state)
         shp = x.shape
 
         def mix(H):
-            flat = H.reshape(self.m, R, -1)
-            return jnp.einsum("rj,jrd->rd", alpha.astype(flat.dtype), flat).reshape(shp)
+            flat = H.reshape((self.m,) + shp[:2] + (-1,))
+            return jnp.einsum(self._subscripts()[1], alpha.astype(flat.dtype), flat).reshape(shp)
 
         plain = state["evals"] < self.warmup
         beta = jnp.where(plain, 1.0, self.beta).astype(x.dtype)

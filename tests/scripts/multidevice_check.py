@@ -1,0 +1,68 @@
+"""Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 (see tests/test_parallel.py).
+
+Prints one JSON line: per method/dtype and device count the max-abs difference of the restored
+image to the 1-device result, and the all-gather ops of the compiled 8-device solve.
+"""
+
+import json
+import re
+import warnings
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np
+
+import deqir_jax as dq
+from deqir_jax.diffusion import DEQMap, GaussianModel, initial_trajectory, sequential_sample
+from deqir_jax.parallel import ShardedDEQMap, make_mesh, shard_trajectory
+from deqir_jax.restore import _parallel, eps_view, make_solver
+
+SHAPE = (8, 6, 3)
+T = 16
+assert len(jax.devices()) == 8, jax.devices()
+model = GaussianModel.create(SHAPE)
+kw = dict(key=4, image_shape=SHAPE, batch=2, nw=0.2, etw=0.3, fresh_noise=True)
+out = {}
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    # The float32 map's own rounding at the exact trajectory: |F(X*) − X*| for the unsharded
+    # and the 8-way sharded map (the closed form amplifies rounding by 1/√ā_{τ_1} ≈ 100).
+    p32 = dq.make_problem(model, None, None, timesteps=T, dtype=jnp.float32, **kw)
+    eps = eps_view(model.eps_fn, 3)
+    _, traj = sequential_sample(eps, p32, return_trajectory=True)
+    rounding = [
+        float(np.max(np.abs(np.asarray(f(traj, p32)) - np.asarray(traj))))
+        for f in (DEQMap(eps), ShardedDEQMap(eps, make_mesh(8)))
+    ]
+    out["float32_map_rounding"] = max(rounding)
+    for method, dtype in (("anderson", jnp.float64), ("picard", jnp.float64),
+                          ("picard", jnp.float32)):
+        # Picard runs to its exact fixed point (T + 1 evaluations; tol below float32 rounding).
+        opts = {"tol": 1e-9} if method == "picard" else {}
+        run = lambda mesh: dq.restore(model, None, None, T, method, mesh=mesh, dtype=dtype,
+                                      **opts, **kw)
+        ref = run(make_mesh(1))
+        unsharded = run(None)
+        rows = {"unsharded": float(np.max(np.abs(np.asarray(unsharded.image) - np.asarray(ref.image))))}
+        for n in (2, 4, 8):
+            res = run(make_mesh(n))
+            rows[n] = float(np.max(np.abs(np.asarray(res.image) - np.asarray(ref.image))))
+        out[f"{method}-{jnp.dtype(dtype).name}"] = rows
+# HLO of the whole 8-device solve: collect all-gathers and their result sizes.
+mesh = make_mesh(8)
+problem = dq.make_problem(model, None, None, timesteps=T, **kw)
+X0 = shard_trajectory(initial_trajectory(problem), mesh)
+fmap = ShardedDEQMap(eps_view(model.eps_fn, 3), mesh)
+solver = make_solver("anderson", T)
+hlo = _parallel.lower(fmap, solver, X0, problem, jnp.ones((T,))).compile().as_text()
+gathers = [line.strip()[:200] for line in hlo.splitlines() if re.search(r"all-gather", line)]
+traj_elems = int(np.prod(X0.shape))
+sizes = []
+for g in gathers:
+    m = re.search(r"=\s*\w+\[([\d,]*)\]", g)
+    if m:
+        sizes.append(int(np.prod([int(s) for s in m.group(1).split(",") if s] or [1])))
+print(json.dumps(dict(results=out, gathers=gathers, gather_sizes=sizes, traj_elems=traj_elems,
+                      collective_permutes=hlo.count("collective-permute"))))
