@@ -1,6 +1,5 @@
 """Schedules, samplers and the DEQ map, checked in float64 against independent derivations."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -50,7 +49,7 @@ def test_schedule_values():
     abar = np.cumprod(1 - betas)
     assert np.allclose(c.sqrt_a**2, abar[np.arange(960, -1, -40)])
     assert c.sqrt_a_next[-1] == 1.0  # ā_{-1} = 1
-    assert np.isclose(np.sqrt((1 - c.sqrt_a[0] ** 2)) / c.sqrt_a[0], 107.0, atol=1.0)  # k1_1
+    assert np.isclose(np.sqrt(1 - c.sqrt_a[0] ** 2) / c.sqrt_a[0], 107.0, atol=1.0)  # k1_1
 
 
 def _problem(model, op=None, y=None, T=10, fresh=False, **kw):
@@ -76,7 +75,7 @@ def test_ddim_matches_closed_form(gauss):
     ab = lambda t: 1.0 if t < 0 else abar[t]
     mu, s = np.asarray(gauss.params["mean"]), np.asarray(gauss.params["std"])
     w = np.asarray(prob.x_T) - np.sqrt(ab(times[0])) * mu
-    for t, tn in zip(times[:-1], times[1:]):
+    for t, tn in zip(times[:-1], times[1:], strict=True):
         a, an = ab(t), ab(tn)
         w = w * (np.sqrt(a * an) * s**2 + np.sqrt((1 - a) * (1 - an))) / (a * s**2 + 1 - a)
     np.testing.assert_allclose(np.asarray(out), mu + w, rtol=1e-12, atol=1e-12)

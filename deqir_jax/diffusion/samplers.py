@@ -49,7 +49,8 @@ def sequential_sample(eps_fn: EpsFn, problem: Problem, *, return_trajectory: boo
         x_next = ddnm_step(problem, c, x, eps, apy, problem.noise_at(i))
         return x_next, (x_next if return_trajectory else None)
 
-    x, traj = jax.lax.scan(body, problem.x_T, (jnp.arange(problem.num_steps), jnp.asarray(coeffs.t, jnp.int32), coeffs))
+    steps = (jnp.arange(problem.num_steps), jnp.asarray(coeffs.t, jnp.int32), coeffs)
+    x, traj = jax.lax.scan(body, problem.x_T, steps)
     if return_trajectory:
         return x, jnp.moveaxis(traj, 0, 1)
     return x

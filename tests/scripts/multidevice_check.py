@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 (see tests/test_parallel.py).
 
 Prints one JSON line: per method/dtype and device count the max-abs difference of the restored
@@ -11,7 +12,7 @@ import warnings
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
+import jax.numpy as jnp
 import numpy as np
 
 import deqir_jax as dq
@@ -41,8 +42,9 @@ with warnings.catch_warnings():
                           ("picard", jnp.float32)):
         # Picard runs to its exact fixed point (T + 1 evaluations; tol below float32 rounding).
         opts = {"tol": 1e-9} if method == "picard" else {}
-        run = lambda mesh: dq.restore(model, None, None, T, method, mesh=mesh, dtype=dtype,
-                                      **opts, **kw)
+        def run(mesh, method=method, dtype=dtype, opts=opts):
+            return dq.restore(model, None, None, T, method, mesh=mesh, dtype=dtype, **opts, **kw)
+
         ref = run(make_mesh(1))
         unsharded = run(None)
         rows = {"unsharded": float(np.max(np.abs(np.asarray(unsharded.image) - np.asarray(ref.image))))}
