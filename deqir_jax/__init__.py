@@ -3,13 +3,14 @@
 ``import deqir_jax as dq``; see the README for the public surface.
 """
 
-from . import diffusion, solve
+from . import diffusion, optimize, solve
 from .restore import Restoration, SolverError, make_problem, make_solver, restore
 
 __all__ = [
     "Restoration",
     "SolverError",
     "diffusion",
+    "optimize",
     "make_problem",
     "make_solver",
     "restore",
