@@ -1,0 +1,308 @@
+"""``deqir restore INPUT... --task TASK -o OUTDIR``: restore images, write pictures and metrics."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..io import list_images, read_image
+from ..restore import METHODS, make_solver
+from . import engine
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    UsageError,
+    check_outdir,
+    check_outputs,
+    fmt_metric,
+    load_model,
+    mean_of,
+    model_info,
+    note,
+    progress,
+    say,
+    size_multiple,
+    versions,
+    write_csv,
+    write_json,
+)
+from .tasks import (
+    CS,
+    build_task,
+    check_size,
+    make_operator,
+    measured_y,
+    pad_like_image,
+    padded_size,
+    resolve_mask,
+    task_names_help,
+)
+
+#: Default number of sampling steps of ``deqir restore`` (the official DeqIR/DDNM value).
+DEFAULT_TIMESTEPS = 25
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, timesteps: int,
+                           method: str = "anderson", method_help: str = "") -> None:
+    """Model, sampler and solver flags (shared by ``restore`` and ``demo``)."""
+    g = p.add_argument_group("model and sampler")
+    g.add_argument("--model", metavar="PATH", help="model checkpoint directory (default: the "
+                   "embedded default model)")
+    choices = METHODS if method in METHODS else METHODS + (method,)
+    g.add_argument("--method", choices=choices, default=method,
+                   help="sequential sampling or the DEQ fixed point solved by Picard or "
+                   f"Anderson iteration (default: %(default)s{method_help})")
+    g.add_argument("--timesteps", type=int, default=timesteps, metavar="T",
+                   help="sampling steps T (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed of x_T, the sampling noise, the "
+                   "measurement noise, random masks and the CS permutation (default: 0)")
+    g.add_argument("--nw", type=float, default=0.0, help="DeqIR noise weight in [0, 1] "
+                   "(default: %(default)s)")
+    g.add_argument("--etw", type=float, default=0.1, help="DeqIR eps weight in [0, 1] "
+                   "(default: %(default)s, the official example)")
+    g.add_argument("--fresh-noise", action="store_true", help="a new noise z per step "
+                   "(standard DDNM) instead of the official single shared z")
+    g.add_argument("--chunk-size", type=int, metavar="N", help="network rows per call "
+                   "(bounds memory for large images)")
+    s = p.add_argument_group("solver (anderson / picard)")
+    s.add_argument("--m", type=int, help="Anderson history size (default 5)")
+    s.add_argument("--max-anderson-iters", "--max-steps", dest="max_steps", type=int,
+                   metavar="N", help="maximum map evaluations (default: max(2T, 15) for "
+                   "anderson, T+1 for picard; 15 with --faithful)")
+    s.add_argument("--tol", type=float, help="relative residual tolerance (default 1e-4; 1e-3 "
+                   "with --faithful)")
+    s.add_argument("--lam", type=float, help="Anderson ridge lambda (default 1e-3)")
+    s.add_argument("--anderson-beta", dest="beta", type=float, help="Anderson mixing beta "
+                   "(default 1.0)")
+    s.add_argument("--faithful", action="store_true", help="the official DeqIR Anderson "
+                   "settings (m 5, tol 1e-3, 15 evaluations, last iterate, no guard)")
+    s.add_argument("--strict", action="store_true", help="treat a solve that reaches its step "
+                   "limit as a failure (exit code 1) instead of a warning")
+
+
+def _check_range(name: str, value, lo=None, hi=None, *, lo_open=False) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise UsageError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise UsageError(f"{name} must be <= {hi}, got {value}")
+
+
+def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
+               lpips: bool = True) -> engine.RunConfig:
+    """Validate the sampler/solver flags and build the solver (before any work)."""
+    _check_range("--timesteps", args.timesteps, 1, 1000)
+    _check_range("--nw", args.nw, 0.0, 1.0)
+    _check_range("--etw", args.etw, 0.0, 1.0)
+    _check_range("--sigma-y", sigma_y, 0.0, 1.0)
+    _check_range("--chunk-size", args.chunk_size, 1)
+    _check_range("--m", args.m, 1)
+    _check_range("--max-anderson-iters", args.max_steps, 1)
+    _check_range("--tol", args.tol, 0.0, lo_open=True)
+    _check_range("--lam", args.lam, 0.0)
+    _check_range("--anderson-beta", args.beta, 0.0, 1.0, lo_open=True)
+    options = {k: getattr(args, k) for k in ("m", "max_steps", "tol", "lam", "beta")
+               if getattr(args, k) is not None}
+    solver = None
+    if args.method == "sequential":
+        flags = [f for f, on in (("--faithful", args.faithful), ("--strict", args.strict))
+                 if on] + [f"--{k.replace('_', '-')}" for k in options]
+        if flags:
+            raise UsageError(f"{flags[0]} does not apply to --method sequential")
+    else:
+        if args.method == "picard":
+            for k in ("m", "lam", "beta"):
+                if k in options:
+                    raise UsageError(f"--{'anderson-beta' if k == 'beta' else k} only applies "
+                                     "to --method anderson")
+            if args.faithful:
+                raise UsageError("--faithful selects the official Anderson settings; use it "
+                                 "with --method anderson")
+        try:
+            solver = make_solver(args.method, args.timesteps, None, args.faithful, **options)
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"solver options: {err}") from None
+    return engine.RunConfig(
+        timesteps=args.timesteps, method=args.method, solver=solver, nw=args.nw, etw=args.etw,
+        sigma_y=sigma_y, noise_aware=noise_aware, fresh_noise=args.fresh_noise,
+        chunk_size=args.chunk_size, strict=args.strict, seed=args.seed, lpips=lpips)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    p.add_argument("--task", "--deg", required=True, metavar="TASK",
+                   help=f"one of {task_names_help()} (or an alias such as sr, deblur, "
+                   "inpaint, cs, denoise)")
+    p.add_argument("-o", "--outdir", required=True, metavar="OUTDIR", help="output folder")
+    p.add_argument("--measured", action="store_true", help="the inputs are measurements y "
+                   "(e.g. low-resolution images for SR, masked photos with --mask) instead of "
+                   "clean images to degrade")
+    p.add_argument("--sigma-y", type=float, default=0.0, metavar="S",
+                   help="measurement noise std in [0, 1] pixel units; synthetic mode adds it "
+                   "to y (default: 0)")
+    p.add_argument("--noise-aware", action="store_true",
+                   help="DDNM+ correction for noisy measurements (uses --sigma-y)")
+    t = p.add_argument_group("task parameters")
+    t.add_argument("--scale", type=int, help="SR factor (default 4)")
+    t.add_argument("--mask", help="inpainting mask: an image or .npy file (nonzero/white = "
+                   "observed) or box (default), random, half")
+    t.add_argument("--keep-ratio", type=float, help="observed fraction for --mask random "
+                   "(default 0.5)")
+    t.add_argument("--kernel", metavar="NPY", help="blur kernel (.npy, 1-D separable or 2-D) "
+                   "for --task deblur")
+    t.add_argument("--sigma", help="Gaussian blur std: deblur_gauss (default 10) or "
+                   "deblur_aniso 'SH,SW' (default 1,20)")
+    t.add_argument("--kernel-size", type=int, help="blur kernel size (deblur_gauss 5, "
+                   "deblur_uni 9, deblur_aniso 9)")
+    t.add_argument("--ratio", type=float, help="CS sampling ratio in (0, 1] (default 0.5)")
+    t.add_argument("--faithful-operators", action="store_true",
+                   help="the official PyTorch operators (quirks included)")
+    add_sampling_arguments(p, DEFAULT_TIMESTEPS, method_help=(
+        "; on a CPU, sequential is usually faster: each DEQ iteration evaluates all T "
+        "timesteps"))
+    o = p.add_argument_group("output")
+    o.add_argument("--batch-size", type=int, default=1, help="images per restore call; "
+                   "images of the same size are batched (default: 1)")
+    o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    o.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def run(args) -> int:
+    started = time.time()
+    _check_range("--batch-size", args.batch_size, 1)
+    spec = build_task(args, faithful=args.faithful_operators)
+    if args.measured and spec.name == CS:
+        raise UsageError("--measured is not supported for cs_walshhadamard: its measurements "
+                         "are coefficient vectors, not images (use synthetic mode)")
+    if args.measured and spec.name == "inpainting" and args.mask is None:
+        raise UsageError("--measured inpainting needs --mask (a mask file with nonzero/white = "
+                         "observed, or box/half/random)")
+    if args.noise_aware and args.sigma_y == 0:
+        raise UsageError("--noise-aware needs --sigma-y > 0")
+    cfg = run_config(args, sigma_y=args.sigma_y, noise_aware=args.noise_aware,
+                     lpips=not args.no_lpips)
+    try:
+        paths = list_images(args.inputs)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    outdir = Path(args.outdir)
+    check_outdir(outdir)
+    y_pic = spec.name != CS
+    outputs = [engine.output_paths(outdir, p.stem, original=not args.measured, y=y_pic)
+               for p in paths]
+    tables = [outdir / "metrics.csv", outdir / "summary.json"]
+    check_outputs([q for o in outputs for q in o.values()] + tables, args.overwrite)
+
+    images = []
+    for p in paths:
+        try:
+            images.append(read_image(p))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    model, model_desc = load_model(args.model)
+    mm = size_multiple(model)
+    jobs = [_job(i, p, img, spec, args.measured, mm) for i, (p, img) in
+            enumerate(zip(paths, images, strict=True))]
+
+    notes: set[str] = set()
+    rows, failures, ops = [], [], {}
+    bar = progress(total=len(jobs), desc=f"restore {spec.name}", quiet=args.quiet)
+    for group in _groups(jobs, args.batch_size):
+        key = group[0].op_key()
+        if key not in ops:
+            ops[key] = make_operator(spec, group[0].padded, group[0].mask)
+        for out in engine.run_group(model, ops[key], group, cfg, notes):
+            rows.append(out.row)
+            if out.error:
+                failures.append(f"{out.job.name}: {out.error}")
+                note(f"solver failed on {out.job.source}: {out.error}")
+            else:
+                engine.write_outcome(out, outputs[out.job.index], args.overwrite)
+                say(_line(out.row), args.quiet)
+            bar.update(1)
+    bar.close()
+    for msg in sorted(notes) if not args.quiet else ():
+        note(f"note: {msg}")
+    ok = [r for r in rows if r.get("iterations") is not None]
+    unconverged = [r["name"] for r in ok if not r["converged"]]
+    if unconverged:
+        note(f"warning: the {cfg.method} solver reached its step limit before the tolerance "
+             f"for {len(unconverged)} image(s) ({', '.join(unconverged[:3])}"
+             f"{', ...' if len(unconverged) > 3 else ''}); their outputs were written "
+             "(raise --max-anderson-iters or pass --strict to fail instead)")
+    write_csv(tables[0], rows, engine.COLUMNS, args.overwrite)
+    means = {k: mean_of(ok, k) for k in ("psnr_apy", "ssim_apy", "lpips_apy", "psnr", "ssim",
+                                         "lpips", "consistency", "iterations", "nfe",
+                                         "seconds")}
+    summary = {
+        "command": "restore", "argv": getattr(args, "argv", sys.argv),
+        "mode": "measured" if args.measured else "synthetic",
+        "inputs": [str(p) for p in paths], "outdir": str(outdir),
+        "task": spec.describe(), "sigma_y": args.sigma_y, "sampler": cfg.describe(),
+        "seed": args.seed, "batch_size": args.batch_size, "model": model_desc,
+        "model_info": model_info(model), "versions": versions(), "count": len(rows),
+        "converged": len(ok) - len(unconverged), "failed": failures, "means": means,
+        "seconds_total": time.time() - started,
+        "notes": ["seconds: per-image wall time of the restore call; the first image of each "
+                  "size also pays the JIT compilation"] + sorted(notes),
+    }
+    write_json(tables[1], summary, args.overwrite)
+    tail = ""
+    if means["psnr"] is not None:
+        tail = (f"; mean PSNR {fmt_metric(means['psnr'])} dB (A+y "
+                f"{fmt_metric(means['psnr_apy'])}), SSIM {fmt_metric(means['ssim'], 3)}")
+    say(f"restored {len(ok)}/{len(rows)} image(s) with {spec.name} -> {outdir}{tail}",
+        args.quiet)
+    if failures:
+        note(f"error: the solver failed on {len(failures)} image(s); see {tables[1]}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _job(index, path: Path, image: np.ndarray, spec, measured: bool, mm: int) -> engine.Job:
+    name = f"'{path}'"
+    if measured:
+        y, hw, padded, mask = measured_y(spec, image, str(path), mm)
+        return engine.Job(index, path.stem, str(path), hw, padded, spec, y_pad=y, mask=mask)
+    h, w = image.shape[:2]
+    check_size(spec, h, w, f"image {name}")
+    padded = padded_size(spec, h, w, mm)
+    mask = resolve_mask(spec, h, w, padded, f"image {name}") if spec.name == "inpainting" \
+        else None
+    return engine.Job(index, path.stem, str(path), (h, w), padded, spec, original=image,
+                      x_pad=pad_like_image(image, padded).astype(np.float32), mask=mask)
+
+
+def _groups(jobs, batch_size):
+    """Consecutive jobs with the same operator, at most ``batch_size`` per group."""
+    group: list = []
+    for job in jobs:
+        if group and (len(group) == batch_size or job.op_key() != group[0].op_key()):
+            yield group
+            group = []
+        group.append(job)
+    if group:
+        yield group
+
+
+def _line(row: dict) -> str:
+    parts = [f"{row['name']}:"]
+    if row.get("psnr") is not None:
+        parts.append(f"PSNR {fmt_metric(row['psnr'])} dB (A+y {fmt_metric(row['psnr_apy'])}), "
+                     f"SSIM {fmt_metric(row['ssim'], 3)}"
+                     + (f", LPIPS {fmt_metric(row['lpips'], 3)}" if row.get("lpips") is not None
+                        else "") + ";")
+    parts.append(f"|Ax-y| {row['consistency']:.2g};")
+    parts.append(f"{row['iterations']} iters, {row['nfe']} NFE,")
+    parts.append("converged," if row["converged"] else "NOT converged,")
+    parts.append(f"{row['seconds']:.1f} s")
+    return " ".join(parts)
