@@ -11,7 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .diffusion import DEQMap, Problem, initial_trajectory, sequential_sample, step_coefficients
+from .diffusion import (
+    DEQMap,
+    Problem,
+    SlidingWindow,
+    initial_trajectory,
+    sequential_sample,
+    step_coefficients,
+    windowed_solve,
+)
 from .solve import Anderson, Picard, Result, Solution, fixed_point
 
 METHODS = ("sequential", "anderson", "picard")
@@ -154,6 +162,8 @@ def _sequential(eps, problem, return_trajectory=False):
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _parallel(deq_map, solver, X0, problem, row_scale):
+    if isinstance(solver, SlidingWindow):
+        return windowed_solve(deq_map, solver, problem)
     return fixed_point(deq_map, solver, X0, problem, row_scale=row_scale)
 
 
@@ -162,6 +172,8 @@ def make_solver(method: str, timesteps: int, solver=None, faithful: bool = False
     (official settings) or ``Anderson``/``Picard`` with ``options``. Picard's default step limit
     is T + 1, where it is exact; Anderson's is max(2T, 15) with tolerance 1e-4."""
     if solver is not None:
+        if isinstance(solver, SlidingWindow) and method != "picard":
+            raise ValueError("a SlidingWindow solver is a windowed Picard: use method='picard'")
         return solver
     if method == "anderson":
         if faithful:
@@ -217,7 +229,8 @@ def restore(
         sigma_y: measurement noise std in [0, 1] pixel units (used by ``noise_aware``).
         noise_aware: DDNM+ correction for noisy y. fresh_noise: a new z per step (standard
             DDNM) instead of the official single shared z.
-        solver: an explicit ``Anderson(...)``/``Picard(...)``; ``faithful=True`` selects the
+        solver: an explicit ``Anderson(...)``/``Picard(...)`` or, with ``method="picard"``, a
+            ``SlidingWindow(window=W)`` (ParaDiGMS); ``faithful=True`` selects the
             official Anderson settings; other keyword options go to the solver.
         chunk_size: network rows per call (bounds memory for long trajectories).
         mesh: a ``jax.sharding.Mesh`` (``dq.parallel.make_mesh()``) to split the timestep
@@ -255,6 +268,8 @@ def restore(
     X0 = initial_trajectory(problem)
     if mesh is None:
         deq_map = DEQMap(eps, chunk_size=chunk_size)
+    elif isinstance(solver, SlidingWindow):
+        raise ValueError("the sliding window runs on one device; drop mesh= or the window")
     else:
         from .parallel import ShardedDEQMap, shard_trajectory
 

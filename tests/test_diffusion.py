@@ -122,3 +122,21 @@ def test_triangular_jacobian(gauss):
         assert np.all(diff[: j + 1] == 0)
         if j < 5:
             assert diff[j + 1] > 0
+
+
+@pytest.mark.parametrize("W", [1, 3, 10])
+def test_sliding_window_reaches_sequential(gauss, W):
+    from deqir_jax.diffusion import SlidingWindow
+
+    kw = dict(key=4, image_shape=SHAPE, batch=2, nw=0.2, etw=0.3, fresh_noise=True,
+              dtype=jnp.float64)
+    seq = dq.restore(gauss, None, None, 10, "sequential", **kw)
+    res = dq.restore(gauss, None, None, 10, "picard",
+                     solver=SlidingWindow(window=W, tol=1e-9, max_steps=50), **kw)
+    assert res.stats["converged"] and res.stats["iterations"] <= 10
+    assert res.stats["nfe"] == res.stats["iterations"] * W  # only the window is evaluated
+    np.testing.assert_allclose(np.asarray(res.image), np.asarray(seq.image), atol=1e-10)
+    if W == 1:
+        assert res.stats["iterations"] == 10  # one row per iteration: the sequential sampler
+    with pytest.raises(ValueError, match="window"):
+        SlidingWindow(window=0)

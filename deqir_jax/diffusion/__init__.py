@@ -6,6 +6,7 @@ from .gaussian import GaussianModel, gaussian_eps
 from .problem import Problem
 from .samplers import ddnm_step, sequential_sample
 from .scan import affine_scan
+from .window import SlidingWindow, windowed_solve
 from .schedules import (
     alpha_bar_at,
     alphas_cumprod,
@@ -17,6 +18,7 @@ from .schedules import (
 
 __all__ = [
     "DEQMap",
+    "SlidingWindow",
     "GaussianModel",
     "Problem",
     "StepCoefficients",
@@ -32,4 +34,5 @@ __all__ = [
     "sequential_sample",
     "step_coefficients",
     "timesteps",
+    "windowed_solve",
 ]

@@ -70,27 +70,36 @@ class DEQMap:
     def eps(self, X, problem: Problem):
         """ε_θ on all B·T rows of the shifted stack, (B, T, H, W, C)."""
         xin = self.network_inputs(X, problem)
+        return self.evaluate(problem.params, xin, self.times(xin.shape[1], problem))
+
+    def evaluate(self, params, xin, t):
+        """The network on (B, R, H, W, C) inputs at times t (R,): one batched call of B·R rows
+        (or chunks of ``chunk_size`` rows)."""
         B, T = xin.shape[:2]
         flat = xin.reshape((B * T,) + xin.shape[2:])
-        t = jnp.tile(self.times(T, problem), B)
+        t = jnp.tile(t, B)
         if self.chunk_size is None or self.chunk_size >= B * T:
-            eps = self.eps_fn(problem.params, flat, t)
+            eps = self.eps_fn(params, flat, t)
         else:
             eps = jax.lax.map(
-                lambda a: self.eps_fn(problem.params, a[0][None], a[1][None])[0],
+                lambda a: self.eps_fn(params, a[0][None], a[1][None])[0],
                 (flat, t),
                 batch_size=self.chunk_size,
             )
-        return eps.astype(X.dtype).reshape(xin.shape)
+        return eps.astype(xin.dtype).reshape(xin.shape)
 
-    def combine(self, eps, problem: Problem):
-        """Steps 2-3: the trajectory implied by the per-row ε (B, T, H, W, C)."""
+    def combine(self, eps, problem: Problem, coeffs=None, noise=None, init=None):
+        """Steps 2-3: the trajectory implied by the per-row ε (B, T, H, W, C).
+
+        ``coeffs``, ``noise`` and ``init`` (the state before the first row, x_T by default)
+        default to the problem's; a sliding window passes its own rows and starting state.
+        """
         dtype = eps.dtype
-        c = problem.coeffs.astype(dtype)
+        c = (problem.coeffs if coeffs is None else coeffs).astype(dtype)
         shape = (1, -1, 1, 1, 1)
         col = lambda a: jnp.reshape(a, shape)
-        x_T = problem.x_T.astype(dtype)
-        noise = problem.noise.astype(dtype)
+        x_T = (problem.x_T if init is None else init).astype(dtype)
+        noise = (problem.noise if noise is None else noise).astype(dtype)
         p_eps = problem.project_range(eps)
         p_noise = problem.project_range(noise)
         p_xT = problem.project_range(x_T)
