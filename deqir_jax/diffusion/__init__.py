@@ -6,7 +6,6 @@ from .gaussian import GaussianModel, gaussian_eps
 from .problem import Problem
 from .samplers import ddnm_step, sequential_sample
 from .scan import affine_scan
-from .window import SlidingWindow, windowed_solve
 from .schedules import (
     alpha_bar_at,
     alphas_cumprod,
@@ -15,6 +14,7 @@ from .schedules import (
     linear_betas,
     timesteps,
 )
+from .window import SlidingWindow, windowed_solve
 
 __all__ = [
     "DEQMap",

@@ -47,10 +47,11 @@ with warnings.catch_warnings():
 
         ref = run(make_mesh(1))
         unsharded = run(None)
-        rows = {"unsharded": float(np.max(np.abs(np.asarray(unsharded.image) - np.asarray(ref.image))))}
+        diff = lambda a, b: float(np.max(np.abs(np.asarray(a.image) - np.asarray(b.image))))
+        rows = {"unsharded": diff(unsharded, ref)}
         for n in (2, 4, 8):
             res = run(make_mesh(n))
-            rows[n] = float(np.max(np.abs(np.asarray(res.image) - np.asarray(ref.image))))
+            rows[n] = diff(res, ref)
         out[f"{method}-{jnp.dtype(dtype).name}"] = rows
 # HLO of the whole 8-device solve: collect all-gathers and their result sizes.
 mesh = make_mesh(8)
