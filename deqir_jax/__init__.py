@@ -3,14 +3,19 @@
 ``import deqir_jax as dq``; see the README for the public surface.
 """
 
-from . import diffusion, optimize, solve
+from . import diffusion, io, metrics, models, operators, optimize, parallel, solve
 from .restore import Restoration, SolverError, make_problem, make_solver, restore
 
 __all__ = [
     "Restoration",
     "SolverError",
     "diffusion",
+    "io",
+    "metrics",
+    "models",
+    "operators",
     "optimize",
+    "parallel",
     "make_problem",
     "make_solver",
     "restore",
