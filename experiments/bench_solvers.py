@@ -106,7 +106,7 @@ def run(args):
     for T in args.timesteps:
         problem = make_problem(model, y, op, timesteps=T, key=0, etw=0.1)
         eps = eps_view(model.eps_fn, 3)
-        seq, t_seq = timed(lambda p=problem: _sequential(eps, p), args.repeats)
+        seq, t_seq = timed(lambda p=problem, e=eps: _sequential(e, p), args.repeats)
         rows.append(dict(T=T, variant="sequential", iterations=T, nfe=T, converged=True,
                          max_abs=0.0, psnr_vs_seq=float("inf"), psnr_vs_gt=psnr(seq[0], img),
                          seconds=t_seq, speedup=1.0,
@@ -115,7 +115,8 @@ def run(args):
         X0 = initial_trajectory(problem)
         rs = jnp.asarray(problem.coeffs.sqrt_1ma, jnp.float32)
         for name, solver in variants(T).items():
-            sol, sec = timed(lambda s=solver, p=problem, x=X0: _parallel(fmap, s, x, p, rs),
+            sol, sec = timed(lambda s=solver, p=problem, x=X0, f=fmap, r=rs:
+                             _parallel(f, s, x, p, r),
                              args.repeats)
             img_hat = sol.value[0, -1]
             h = np.asarray(sol.stats.residual_history)
@@ -189,7 +190,8 @@ def write(args, rows, hist, model_desc, img_desc, dev):
     if dev:
         lines += ["", f"Sharded Anderson on simulated CPU devices (T = {args.device_T}; "
                   "the devices share the same cores, so the time shows overhead, not speedup):",
-                  "", "| devices | seconds | iterations | max-abs vs 1 device |", "|---|---|---|---|"]
+                  "", "| devices | seconds | iterations | max-abs vs 1 device |",
+                  "|---|---|---|---|"]
         lines += [f"| {n} | {d['seconds']:.3g} | {d['iterations']} | {d['max_abs_vs_1']:.2g} |"
                   for n, d in dev.items()]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
