@@ -6,10 +6,10 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import GOLDEN
 
 import deqir_jax as dq
 import weights_convert
-from conftest import GOLDEN
 
 TASKS = {
     "sr_averagepooling": dict(scale=2),
