@@ -37,3 +37,24 @@ def test_same_result_on_1_to_8_devices(report):
 def test_no_all_gather_of_the_trajectory(report):
     assert report["gathers"] == [], report["gathers"]
     assert report["collective_permutes"] > 0  # neighbours exchange single rows instead
+
+
+@pytest.mark.slow
+def test_multihost_example_two_processes():
+    """experiments/multihost_example.py: two processes joined by jax.distributed.initialize
+    (CPU, gloo collectives) restore the same image as the sequential sampler."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script = Path(__file__).parents[1] / "experiments" / "multihost_example.py"
+    proc = subprocess.run([sys.executable, str(script), "--local", "2", "--coordinator",
+                           f"localhost:{port}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("process")]
+    assert len(lines) == 2
+    checks = {line.split("checksum ")[1].split(",")[0] for line in lines}
+    assert len(checks) == 1  # both hosts hold the same result
+    for line in lines:
+        assert float(line.rsplit(" ", 1)[1]) <= 1e-4  # float32 rounding of the closed form
