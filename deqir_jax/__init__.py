@@ -3,7 +3,7 @@
 ``import deqir_jax as dq``; see the README for the public surface.
 """
 
-from . import diffusion, io, metrics, models, operators, optimize, parallel, solve
+from . import diffusion, io, metrics, models, operators, optimize, parallel, solve, train
 from .restore import Restoration, SolverError, make_problem, make_solver, restore
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "make_solver",
     "restore",
     "solve",
+    "train",
 ]

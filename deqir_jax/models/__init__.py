@@ -26,6 +26,7 @@ from .configs import (
     get_preset,
     replace_fields,
 )
+from .default import default, default_model_path
 from .model import (
     Model,
     abstract_params,
@@ -38,6 +39,8 @@ from .model import (
 )
 
 __all__ = [
+    "default",
+    "default_model_path",
     "ARCHITECTURES",
     "ADMConfig",
     "Config",
