@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from .diffusion import (
     DEQMap,
@@ -280,6 +281,9 @@ def restore(
                 "devices of the mesh"
             )
         X0 = shard_trajectory(X0, mesh)
+        # Everything else is replicated on the mesh (params restored from a checkpoint are
+        # committed to one device; shard_map takes its local rows from the replicas).
+        problem = jax.device_put(problem, NamedSharding(mesh, PartitionSpec()))
     row_scale = jnp.asarray(problem.coeffs.sqrt_1ma, dtype)
     sol = _parallel(deq_map, solver, X0, problem, row_scale)
     result = Result(int(sol.result))

@@ -23,7 +23,10 @@ from deqir_jax.restore import _parallel, eps_view, make_solver
 SHAPE = (8, 6, 3)
 T = 16
 assert len(jax.devices()) == 8, jax.devices()
-model = GaussianModel.create(SHAPE)
+base = GaussianModel.create(SHAPE)
+# restore() gets params committed to one device, as after loading a checkpoint
+committed = GaussianModel(params=jax.device_put(base.params, jax.devices()[0]))
+model = base
 kw = dict(key=4, image_shape=SHAPE, batch=2, nw=0.2, etw=0.3, fresh_noise=True)
 out = {}
 with warnings.catch_warnings():
@@ -43,7 +46,8 @@ with warnings.catch_warnings():
         # Picard runs to its exact fixed point (T + 1 evaluations; tol below float32 rounding).
         opts = {"tol": 1e-9} if method == "picard" else {}
         def run(mesh, method=method, dtype=dtype, opts=opts):
-            return dq.restore(model, None, None, T, method, mesh=mesh, dtype=dtype, **opts, **kw)
+            return dq.restore(committed, None, None, T, method, mesh=mesh, dtype=dtype, **opts,
+                              **kw)
 
         ref = run(make_mesh(1))
         unsharded = run(None)
