@@ -283,7 +283,10 @@ def restore(
         X0 = shard_trajectory(X0, mesh)
         # Everything else is replicated on the mesh (params restored from a checkpoint are
         # committed to one device; shard_map takes its local rows from the replicas).
-        problem = jax.device_put(problem, NamedSharding(mesh, PartitionSpec()))
+        # (Host numpy leaves are left to jit: they are the same constants on every process.)
+        rep = NamedSharding(mesh, PartitionSpec())
+        problem = jax.tree_util.tree_map(
+            lambda a: jax.device_put(a, rep) if isinstance(a, jax.Array) else a, problem)
     row_scale = jnp.asarray(problem.coeffs.sqrt_1ma, dtype)
     sol = _parallel(deq_map, solver, X0, problem, row_scale)
     result = Result(int(sol.result))
