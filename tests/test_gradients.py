@@ -161,7 +161,6 @@ def test_optimize_init_reports_failed_backward(gauss_setup):
         dtype=jnp.float64,
     )
     assert not res.grad_finite.any()
-    np.testing.assert_array_equal(np.asarray(res.x_T), np.asarray(res.x_T))  # no NaN written
     assert bool(jnp.all(jnp.isfinite(res.x_T)))
 
 

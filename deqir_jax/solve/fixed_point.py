@@ -86,7 +86,7 @@ def _forward(fn, solver, X0, args, row_scale):
     return _solution(solver, _drive_while(fn, solver, X0, args, row_scale), X0)
 
 
-def _default_adjoint_solver(solver, X0):
+def _default_adjoint_solver(X0):
     rows = X0.shape[1] if X0.ndim > 1 else 1
     return Picard(tol=1e-6, max_steps=rows + 2, stop="relative")
 
@@ -105,7 +105,7 @@ def _implicit_bwd(fn, solver, adjoint, res, cot):
     x_star, args, X0, row_scale = res
     g = cot.value
     _, vjp_x = jax.vjp(lambda x: fn(x, args), x_star)
-    adj_solver = adjoint.solver or _default_adjoint_solver(solver, X0)
+    adj_solver = adjoint.solver or _default_adjoint_solver(X0)
     adj = _forward(lambda u, gg: gg + vjp_x(u)[0], adj_solver, g, g, None)
     u = adj.value
     if adjoint.nan_on_failure:
