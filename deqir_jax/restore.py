@@ -43,6 +43,8 @@ class Restoration:
         solution: the :class:`~deqir_jax.solve.Solution` (None for sequential).
         trajectory: (B, T, H, W, C) all states, when asked for.
         x_T, noise: the initial noise and the step noise actually used.
+        samples: with ``samples=K > 1``, the K restorations of every image, (B, K, H, W, C),
+            whose mean is ``image``; None otherwise.
     """
 
     image: jax.Array
@@ -52,6 +54,7 @@ class Restoration:
     trajectory: jax.Array | None
     x_T: jax.Array
     noise: jax.Array
+    samples: jax.Array | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -212,6 +215,7 @@ def restore(
     mesh=None,
     on_max_steps: str = "warn",
     return_trajectory: bool = False,
+    samples: int = 1,
     dtype=jnp.float32,
     **solver_options,
 ) -> Restoration:
@@ -238,10 +242,39 @@ def restore(
             axis over its devices; T must be divisible by the device count.
         on_max_steps: ``"warn"``, ``"raise"`` or ``"ignore"`` when the step limit is hit.
             Non-finite values always raise :class:`SolverError`.
+        samples: K posterior samples per image (independent x_T and noise, solved together
+            as one batch of B·K); ``image`` is their mean, a Monte-Carlo estimate of the
+            posterior mean (the MMSE estimate: higher PSNR than any one sample, less detail),
+            and ``samples`` holds all of them. Explicit ``x_T``/``noise`` then have B·K rows,
+            image-major (row ``b·K + k``). Everything else (stats, trajectory, residuals)
+            is per row of the B·K batch.
 
     Returns:
         :class:`Restoration`.
     """
+    if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    if samples > 1:
+        if op is not None:
+            y = jnp.asarray(y)
+            if y.ndim == len(op.measurement_shape):
+                y = y[None]
+            y = jnp.repeat(y, samples, axis=0)
+        elif x_T is None:
+            batch = (1 if batch is None else batch) * samples
+        res = restore(
+            model, y, op, timesteps, method, key=key, x_T=x_T, noise=noise, nw=nw, etw=etw,
+            sigma_y=sigma_y, noise_aware=noise_aware, fresh_noise=fresh_noise,
+            schedule=schedule, skip_type=skip_type, image_shape=image_shape, batch=batch,
+            solver=solver, faithful=faithful, chunk_size=chunk_size, mesh=mesh,
+            on_max_steps=on_max_steps, return_trajectory=return_trajectory, dtype=dtype,
+            **solver_options)
+        if res.x_T.shape[0] % samples:
+            raise ValueError(f"x_T must have B·samples rows, got {res.x_T.shape[0]} rows for "
+                             f"samples={samples}")
+        per = res.image.reshape((-1, samples) + res.image.shape[1:])
+        return dataclasses.replace(res, image=per.mean(axis=1), apy=res.apy[::samples],
+                                   samples=per)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if on_max_steps not in ("warn", "raise", "ignore"):

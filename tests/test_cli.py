@@ -183,6 +183,24 @@ def test_batching_gives_the_same_images(capsys, tmp_path, model_dir, inputs):
         assert np.abs(a - b).max() <= 1
 
 
+def test_samples_output_is_the_mean_of_restorations(capsys, tmp_path, model_dir, inputs):
+    common = ["--task", "sr", "--scale", "2", "--model", model_dir, *FAST]
+    img = inputs / "clean.png"
+    assert run(capsys, "restore", img, "-o", tmp_path / "k1", *common)[0] == 0
+    code, _, err = run(capsys, "restore", img, "-o", tmp_path / "k3", "--samples", "3",
+                       *common)
+    assert code == 0, err
+    one = np.asarray(Image.open(tmp_path / "k1" / "clean_restored.png"), int)
+    mean = np.asarray(Image.open(tmp_path / "k3" / "clean_restored.png"), int)
+    assert np.abs(one - mean).max() > 2  # a different estimate than the first sample
+    summary = json.loads((tmp_path / "k3" / "summary.json").read_text())
+    assert summary["sampler"]["samples"] == 3
+    assert read_csv(tmp_path / "k3" / "metrics.csv")[0]["nfe"] == "4"  # per row, not per K
+    code, _, err = run(capsys, "restore", img, "-o", tmp_path / "k0", "--samples", "0",
+                       *common)
+    assert code == 2 and "--samples must be >= 1" in err
+
+
 def test_overwrite_refused_then_allowed(capsys, tmp_path, model_dir, inputs):
     out = tmp_path / "out"
     argv = ["restore", inputs / "clean.png", "--task", "sr", "--scale", "2", "-o", out,

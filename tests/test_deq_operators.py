@@ -108,3 +108,34 @@ def test_restore_input_errors(gauss):
     with pytest.raises(TypeError, match="y must be a floating"):
         dq.restore(gauss, jnp.zeros((1, 8, 8, 3), jnp.int32), op, 5)
     jax.clear_caches()
+
+
+@pytest.mark.parametrize("method", ["sequential", "picard"])
+def test_restore_samples_is_mean_of_independent_restorations(gauss, method):
+    """samples=K solves B·K rows image-major and returns their mean (and all of them)."""
+    op = operators.get("sr_averagepooling", image_shape=SHAPE, scale=2)
+    x_gt = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2,) + SHAPE))
+    y = op.A(x_gt)
+    K = 3
+    rng = np.random.default_rng(3)
+    x_T = jnp.asarray(rng.standard_normal((2 * K,) + SHAPE))
+    noise = jnp.asarray(rng.standard_normal((2 * K, 1) + SHAPE))
+    common = dict(x_T=x_T, noise=noise, etw=0.1, dtype=jnp.float64)
+    opts = {"tol": 1e-13} if method == "picard" else {}
+    res = dq.restore(gauss, y, op, 6, method, samples=K, **common, **opts)
+    each = dq.restore(gauss, jnp.repeat(y, K, axis=0), op, 6, method, **common, **opts)
+    per = np.asarray(each.image).reshape((2, K) + SHAPE)
+    assert res.samples.shape == (2, K) + SHAPE and res.image.shape == (2,) + SHAPE
+    np.testing.assert_allclose(np.asarray(res.samples), per, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(res.image), per.mean(axis=1), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(res.apy), np.asarray(op.A_pinv(y)), atol=1e-12)
+    # the K samples really differ (independent x_T), and every one is consistent with y
+    assert float(np.abs(per[:, 0] - per[:, 1]).max()) > 1e-3
+    np.testing.assert_allclose(np.asarray(op.A(res.image)), np.asarray(y), atol=1e-10)
+    # keyed draws: K independent samples per image, different from samples=1
+    keyed = dq.restore(gauss, y, op, 6, "sequential", samples=K, key=1, dtype=jnp.float64)
+    assert keyed.x_T.shape == (2 * K,) + SHAPE and keyed.samples.shape == (2, K) + SHAPE
+    with pytest.raises(ValueError, match="samples must be a positive integer"):
+        dq.restore(gauss, y, op, 6, "sequential", samples=0)
+    with pytest.raises(ValueError, match="x_T must have shape"):
+        dq.restore(gauss, y, op, 6, "sequential", samples=K, x_T=x_T[:2])

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from deqir_jax import train as dqt
-from deqir_jax.models import ADMConfig, load
+from deqir_jax.models import ADMConfig, load, replace_fields
 
 # One level (no resampling), middle attention only: the smallest ADM that still exercises
 # every block type of the loss and the optimizer. Compiled once for all tests below.
@@ -102,6 +102,53 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(image_dir, tmp_path
     for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(full.state["ema"]),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_v_loss_weights_each_sample_by_one_over_alpha_bar():
+    # A stand-in network eps = w * x_t, so the per-sample errors are known in closed form.
+    eps_fn = lambda w, x, t: w * x
+    rng = np.random.default_rng(0)
+    x0 = jnp.asarray(rng.uniform(-1, 1, (3, 4, 4, 3)), jnp.float32)
+    noise = jnp.asarray(rng.standard_normal((3, 4, 4, 3)), jnp.float32)
+    t = jnp.asarray([0, 500, 999])
+    abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[np.asarray(t)]  # DDPM's schedule
+    xt = (np.sqrt(abar)[:, None, None, None] * np.asarray(x0)
+          + np.sqrt(1 - abar)[:, None, None, None] * np.asarray(noise))
+    per = ((0.7 * xt - np.asarray(noise)) ** 2).mean(axis=(1, 2, 3))
+    eps_loss = dqt.ddpm_loss(eps_fn, 0.7, x0, t, noise)
+    v_loss = dqt.ddpm_loss(eps_fn, 0.7, x0, t, noise, loss_weight="v")
+    np.testing.assert_allclose(float(eps_loss), per.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(v_loss), (per / abar).mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="loss_weight must be one of"):
+        dqt.TrainConfig(data=("x",), run_dir="r", loss_weight="x0")
+
+
+def test_init_from_starts_params_and_ema_from_a_checkpoint(image_dir, tmp_path):
+    from deqir_jax.models import create, save
+
+    start = create(TINY, key=7)
+    save(start, tmp_path / "start")
+    res = dqt.train(_config(image_dir, tmp_path / "run", init_from=str(tmp_path / "start"),
+                            steps=4), stop_at=1, progress=False)
+    assert res.step == 1 and np.all(np.isfinite(res.losses))
+    # one small Adam step away from the checkpoint's (random, not zero-initialised) params
+    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
+        jax.tree.leaves(res.state["params"]), jax.tree.leaves(start.params), strict=True)]
+    assert max(moved) < 5e-3 and max(moved) > 0
+    state = dqt.init_state(_config(image_dir, tmp_path / "r2", init_from=str(tmp_path / "start")))
+    for a, b, e in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(start.params),
+                       jax.tree.leaves(state["ema"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(np.asarray(e), np.asarray(b))
+    other = _config(image_dir, tmp_path / "r3", init_from=str(tmp_path / "start"),
+                    model=replace_fields(TINY, model_channels=64))
+    with pytest.raises(ValueError, match="init_from: .* differs from the run's model"):
+        dqt.init_state(other)
+    args = dqt.build_parser().parse_args(
+        ["--data", str(image_dir), "--run-dir", str(tmp_path / "r4"), "--crop", "16",
+         "--init-from", str(tmp_path / "start"), "--loss-weight", "v"])
+    cfg = dqt.config_from_args(args)
+    assert cfg.model == TINY and cfg.loss_weight == "v"
 
 
 def test_resume_without_checkpoint_is_an_error(image_dir, tmp_path):

@@ -47,6 +47,7 @@ class RunConfig:
     strict: bool = False
     seed: int = 0
     lpips: bool = True
+    samples: int = 1
 
     def describe(self) -> dict:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "solver"}
@@ -99,8 +100,10 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
     xs, noises, ys = [], [], []
     for job in jobs:
         kx, kz, ky = _keys(cfg, job.index)
-        xs.append(jax.random.normal(kx, shape, jnp.float32))
-        noises.append(jax.random.normal(kz, (steps,) + shape, jnp.float32))
+        k = cfg.samples  # K draws per image, rows image-major (one draw: the key itself)
+        kxs, kzs = (jax.random.split(a, k) if k > 1 else a[None] for a in (kx, kz))
+        xs += [jax.random.normal(a, shape, jnp.float32) for a in kxs]
+        noises += [jax.random.normal(a, (steps,) + shape, jnp.float32) for a in kzs]
         if job.measured:
             ys.append(jnp.asarray(job.y_pad, jnp.float32))
         else:
@@ -113,7 +116,7 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
         timesteps=cfg.timesteps, method=cfg.method, x_T=jnp.stack(xs), noise=jnp.stack(noises),
         nw=cfg.nw, etw=cfg.etw, sigma_y=cfg.sigma_y, noise_aware=cfg.noise_aware,
         fresh_noise=cfg.fresh_noise, chunk_size=cfg.chunk_size,
-        on_max_steps="raise" if cfg.strict else "ignore",
+        on_max_steps="raise" if cfg.strict else "ignore", samples=cfg.samples,
     )
     if cfg.method != "sequential":
         kwargs["solver"] = cfg.solver
@@ -142,7 +145,8 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
             consistency=float(cons.l2[i]), consistency_rms=float(cons.rms[i]),
             iterations=int(stats["iterations"]), nfe=int(stats["nfe"]),
             converged=bool(stats["converged"]),
-            residual=None if residual is None else float(np.ravel(residual)[i]),
+            residual=None if residual is None else float(
+                np.max(np.ravel(residual)[i * cfg.samples:(i + 1) * cfg.samples])),
             seconds=seconds,
         )
         if job.original is not None:

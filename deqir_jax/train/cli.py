@@ -8,8 +8,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from ..models import count_params, replace_fields
-from .config import DEFAULT_PRIOR_CONFIG, LR_SCHEDULES, TrainConfig
+from ..models import ADMConfig, count_params, read_config, replace_fields
+from .config import DEFAULT_PRIOR_CONFIG, LOSS_WEIGHTS, LR_SCHEDULES, TrainConfig
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -55,6 +55,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
     g.add_argument("--grad-clip", type=float, default=d["grad_clip"].default)
     g.add_argument("--ema-decay", type=float, default=d["ema_decay"].default)
+    g.add_argument("--loss-weight", choices=LOSS_WEIGHTS, default=d["loss_weight"].default,
+                   help="'eps': plain ε-MSE (L_simple); 'v': ε-MSE/ā_t (v-prediction loss, "
+                        "trains large t on their x0 error)")
+    g.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                   help="start from this model checkpoint's params (fine-tuning; the model "
+                        "options below are then taken from it)")
     g.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"].default)
     g.add_argument("--log-every", type=int, default=d["log_every"].default)
     g = p.add_argument_group("model (ADM UNet; defaults: the shipped default prior)")
@@ -71,6 +77,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed arguments (ValueError for invalid combinations)."""
+    if args.init_from is not None:
+        model = read_config(args.init_from)[0]
+        if not isinstance(model, ADMConfig):
+            raise ValueError(f"--init-from {args.init_from}: training supports ADM models, "
+                             f"got {type(model).__name__}")
+        return _train_config(args, model)
     levels = len(args.channel_mult)
     ds = args.attention_ds or (2 ** (levels - 1),)
     size = args.crop
@@ -81,13 +93,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         channel_mult=args.channel_mult, num_res_blocks=args.num_res_blocks,
         attention_resolutions=tuple(size // d for d in ds),
         num_head_channels=args.num_head_channels, out_channels=6 if args.learn_sigma else 3)
+    return _train_config(args, model)
+
+
+def _train_config(args: argparse.Namespace, model: ADMConfig) -> TrainConfig:
     return TrainConfig(
         data=tuple(args.data), run_dir=args.run_dir, model=model, crop_size=args.crop,
         batch_size=args.batch, steps=args.steps, lr=args.lr, warmup_steps=args.warmup,
         lr_schedule=args.lr_schedule, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         ema_decay=args.ema_decay, scales=args.scales, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, resume=args.resume,
-        export=args.export, overwrite=args.overwrite)
+        export=args.export, overwrite=args.overwrite, loss_weight=args.loss_weight,
+        init_from=args.init_from)
 
 
 def run_args(args: argparse.Namespace) -> int:

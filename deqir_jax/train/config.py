@@ -29,6 +29,9 @@ DEFAULT_PRIOR_CONFIG = ADMConfig(
 )
 
 LR_SCHEDULES = ("cosine", "constant")
+#: Per-timestep weights of the ε-MSE (see ``step.py``): ``"eps"`` Ho et al.'s L_simple;
+#: ``"v"`` weight 1/ā_t, i.e. the v-prediction loss of an ε-network.
+LOSS_WEIGHTS = ("eps", "v")
 
 # Fields that decide the training trajectory: a resumed run must agree with the checkpoint on
 # them, so that resuming reproduces the uninterrupted run. (``steps`` also decides the cosine
@@ -36,6 +39,7 @@ LR_SCHEDULES = ("cosine", "constant")
 TRAJECTORY_FIELDS = (
     "model", "crop_size", "batch_size", "lr", "warmup_steps", "lr_schedule", "min_lr_ratio",
     "weight_decay", "grad_clip", "ema_decay", "ema_warmup", "scales", "seed", "zero_init",
+    "loss_weight", "init_from",
 )
 
 
@@ -64,6 +68,13 @@ class TrainConfig:
       seed: seeds the init, the crops (numpy) and the timesteps/noise (JAX).
       zero_init: zero the last conv of every residual block, the attention output projections
         and the output conv at init, as ADM's ``zero_module`` does.
+      loss_weight: ``"eps"``: the plain ε-MSE (L_simple), whose x0 error at large t is
+        weighted by SNR_t ≈ 0 (t = 999: 4e-5), so a short run leaves ε_θ poor there;
+        ``"v"``: ε-MSE × 1/ā_t = the v-prediction loss (Salimans & Ho 2022) of the same
+        ε-network, ≈ the x0-MSE at large t and the ε-MSE at small t.
+      init_from: a model checkpoint directory (``dq.models.save`` / ``weights_convert``
+        output) whose params start the run, params and EMA alike (fine-tuning); its
+        architecture must equal ``model``. None: random init.
       checkpoint_every: save a checkpoint every this many steps (and at the end).
       keep_checkpoints: how many recent checkpoints to keep.
       log_every: average the loss over this many steps per ``loss.csv`` row / progress update.
@@ -90,6 +101,8 @@ class TrainConfig:
     scales: tuple[float, ...] = (1.0, 0.5, 0.25)
     seed: int = 0
     zero_init: bool = True
+    loss_weight: str = "eps"
+    init_from: str | None = None
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -101,8 +114,9 @@ class TrainConfig:
         data = (self.data,) if isinstance(self.data, str | os.PathLike) else tuple(self.data)
         object.__setattr__(self, "data", tuple(os.fspath(d) for d in data))
         object.__setattr__(self, "run_dir", os.fspath(self.run_dir))
-        if self.export is not None:
-            object.__setattr__(self, "export", os.fspath(self.export))
+        for name in ("export", "init_from"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         scales = self.scales if isinstance(self.scales, list | tuple) else (self.scales,)
         object.__setattr__(self, "scales", tuple(float(s) for s in scales))
         if not self.data:
@@ -131,6 +145,8 @@ class TrainConfig:
             raise ValueError("weight_decay and grad_clip must be >= 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.loss_weight not in LOSS_WEIGHTS:
+            raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {self.loss_weight!r}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be factors in (0, 1], got {self.scales}")
 

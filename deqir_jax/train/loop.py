@@ -15,7 +15,7 @@ from ..models import Model, count_params, from_params, save
 from .checkpoints import CHECKPOINT_DIR, RunDir
 from .config import TrainConfig
 from .data import ImageCrops, find_images
-from .step import init_state, make_train_step
+from .step import init_state, make_train_step, state_template
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ def export_checkpoint(run_dir: str | Path, path: str | Path, *, step: int | None
     config = TrainConfig.from_dict({**json.loads(cfg_file.read_text()), "run_dir": str(run_dir)})
     run = RunDir(config)
     try:
-        state, meta = run.restore(jax.eval_shape(lambda: init_state(config)), step)
+        state, meta = run.restore(state_template(config), step)
     finally:
         run.close()
     return export_ema(config, state, path, overwrite=overwrite,
@@ -125,7 +125,7 @@ def train(config: TrainConfig, *, stop_at: int | None = None, time_limit: float 
     if data is None:
         data = ImageCrops(config.data, config.crop_size, config.scales)
 
-    template = jax.eval_shape(lambda: init_state(config))
+    template = state_template(config)
     elapsed0 = 0.0
     if config.resume:
         if existing is None:

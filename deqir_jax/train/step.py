@@ -3,8 +3,12 @@
 Loss (Ho et al. 2020, eq. 14, "L_simple")::
 
     t ~ U{0, ..., 999},  ε ~ N(0, I),  x_t = √ā_t x_0 + √(1 − ā_t) ε
-    L = mean ‖ε − ε_θ(x_t, t)[..., :C]‖²
+    L = mean w_t ‖ε − ε_θ(x_t, t)[..., :C]‖²
 
+with ``w_t = 1`` (``loss_weight="eps"``) or ``w_t = 1/ā_t`` (``"v"``: the v-prediction loss
+of an ε-network: with v = √ā ε − √(1−ā) x_0, ‖v − v_θ‖² = ‖ε − ε_θ‖²/ā_t =
+‖x_0 − x̂_0‖²/(1−ā_t), so large t are trained on their x0 error, which L_simple weights by
+SNR_t ≈ 0).
 with the linear β schedule (1e-4 → 0.02) that the samplers use. A ``learn_sigma`` network is
 trained on its ε channels only. AdamW with linear warm-up (then cosine or constant), global
 norm clipping and an EMA of the params (the EMA is what gets exported).
@@ -21,7 +25,7 @@ import numpy as np
 import optax
 
 from ..diffusion.schedules import NUM_TRAIN_STEPS, alphas_cumprod, linear_betas
-from ..models import create, make_eps_fn
+from ..models import create, load, make_eps_fn
 from .config import TrainConfig
 
 # Parameter groups that ADM initialises to zero (``zero_module``): the last conv of each
@@ -58,15 +62,28 @@ def _zero_init(params: dict) -> dict:
     return jax.tree_util.tree_map_with_path(leaf, params)
 
 
+def _init_params(config: TrainConfig) -> dict:
+    model = load(config.init_from)
+    if model.config != config.model:
+        raise ValueError(
+            f"init_from: {config.init_from} holds a {model.config}, which differs from the "
+            f"run's model {config.model}; train with the checkpoint's architecture"
+        )
+    return model.params
+
+
 def init_state(config: TrainConfig) -> dict[str, Any]:
     """A fresh train state: ``{"step", "params", "ema", "opt_state", "rng"}``.
 
     ``rng`` is raw uint32 key data (``jax.random.key_data``) so that the state is a plain
     array pytree that orbax stores as is.
     """
-    params = create(config.model, key=config.seed).params
-    if config.zero_init:
-        params = _zero_init(params)
+    if config.init_from is not None:
+        params = _init_params(config)
+    else:
+        params = create(config.model, key=config.seed).params
+        if config.zero_init:
+            params = _zero_init(params)
     params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params)
     return {
         "step": jnp.zeros((), jnp.int32),
@@ -77,17 +94,27 @@ def init_state(config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _ddpm_tables() -> tuple[np.ndarray, np.ndarray]:
+def state_template(config: TrainConfig) -> dict[str, Any]:
+    """Shapes and dtypes of :func:`init_state` (``jax.ShapeDtypeStruct`` leaves), without
+    computing or reading any params (``init_from`` is a file read, not traceable)."""
+    return jax.eval_shape(lambda: init_state(config.replace(init_from=None)))
+
+
+def _ddpm_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     abar = alphas_cumprod(linear_betas(NUM_TRAIN_STEPS))
-    return np.sqrt(abar).astype(np.float32), np.sqrt(1.0 - abar).astype(np.float32)
+    return tuple(np.asarray(a, np.float32) for a in (np.sqrt(abar), np.sqrt(1.0 - abar), abar))
 
 
-def ddpm_loss(eps_fn, params: Any, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
-    """``mean((ε − ε_θ(√ā_t x0 + √(1 − ā_t) ε, t)[..., :C])²)`` (float32 scalar)."""
-    sa, s1a = (jnp.asarray(a) for a in _ddpm_tables())
+def ddpm_loss(eps_fn, params: Any, x0: jax.Array, t: jax.Array, noise: jax.Array,
+              loss_weight: str = "eps") -> jax.Array:
+    """``mean(w_t (ε − ε_θ(√ā_t x0 + √(1 − ā_t) ε, t)[..., :C])²)`` (float32 scalar);
+    ``w_t`` = 1 (``"eps"``) or 1/ā_t (``"v"``)."""
+    sa, s1a, abar = (jnp.asarray(a) for a in _ddpm_tables())
     xt = sa[t][:, None, None, None] * x0 + s1a[t][:, None, None, None] * noise
     out = eps_fn(params, xt, t)[..., : x0.shape[-1]]
-    return jnp.mean(jnp.square(out.astype(jnp.float32) - noise))
+    err = jnp.mean(jnp.square(out.astype(jnp.float32) - noise), axis=(1, 2, 3))
+    w = 1.0 / abar[t] if loss_weight == "v" else jnp.ones_like(err)
+    return jnp.mean(w * err)
 
 
 def make_train_step(config: TrainConfig):
@@ -99,7 +126,7 @@ def make_train_step(config: TrainConfig):
     """
     # Only the maths fields matter: runs that differ in paths/logging share one compiled step.
     return _make_train_step(config.replace(
-        data=("-",), run_dir="-", export=None, resume=False, overwrite=False,
+        data=("-",), run_dir="-", export=None, init_from=None, resume=False, overwrite=False,
         checkpoint_every=1, keep_checkpoints=1, log_every=1, scales=(1.0,)))
 
 
@@ -113,7 +140,8 @@ def _make_train_step(config: TrainConfig):
         rng, k_t, k_n = jax.random.split(jax.random.wrap_key_data(state["rng"]), 3)
         t = jax.random.randint(k_t, (x0.shape[0],), 0, NUM_TRAIN_STEPS, dtype=jnp.int32)
         noise = jax.random.normal(k_n, x0.shape, jnp.float32)
-        loss, grads = jax.value_and_grad(functools.partial(ddpm_loss, eps_fn))(
+        loss, grads = jax.value_and_grad(
+            functools.partial(ddpm_loss, eps_fn, loss_weight=config.loss_weight))(
             state["params"], x0, t, noise)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
