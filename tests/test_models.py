@@ -208,6 +208,27 @@ def test_presets_and_config_roundtrip():
         M.replace_fields(TINY, bogus=1)
 
 
+def test_v_prediction_network_returns_eps(tmp_path):
+    """prediction="v": same params, eps = sqrt(abar) v + sqrt(1 - abar) x on the ε channels."""
+    v_cfg = M.replace_fields(TINY, prediction="v")
+    model = M.create(v_cfg, key=3)
+    x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+    t = jnp.asarray([0, 420, 999])
+    raw = M.make_eps_fn(TINY)(model.params, x, t)  # the same weights read as an ε-network
+    eps = model.eps_fn(model.params, x, t)
+    abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[[0, 420, 999]][:, None, None, None]
+    c = TINY.in_channels
+    want = np.sqrt(abar) * np.asarray(raw[..., :c]) + np.sqrt(1 - abar) * np.asarray(x)
+    np.testing.assert_allclose(np.asarray(eps[..., :c]), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(eps[..., c:]), np.asarray(raw[..., c:]))
+    M.save(model, tmp_path / "v")  # the parameterisation travels with the checkpoint
+    assert M.load(tmp_path / "v").config.prediction == "v"
+    assert M.config_from_dict({k: v for k, v in M.config_to_dict(TINY).items()
+                               if k != "prediction"}) == TINY  # older checkpoints: ε
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        M.replace_fields(TINY, prediction="x0")
+
+
 def test_save_load_roundtrip_and_overwrite(tmp_path):
     model = M.create(TINY, key=5)
     dst = tmp_path / "ckpt"

@@ -146,9 +146,14 @@ def test_init_from_starts_params_and_ema_from_a_checkpoint(image_dir, tmp_path):
         dqt.init_state(other)
     args = dqt.build_parser().parse_args(
         ["--data", str(image_dir), "--run-dir", str(tmp_path / "r4"), "--crop", "16",
-         "--init-from", str(tmp_path / "start"), "--loss-weight", "v"])
+         "--init-from", str(tmp_path / "start"), "--loss-weight", "v", "--prediction", "v"])
     cfg = dqt.config_from_args(args)
-    assert cfg.model == TINY and cfg.loss_weight == "v"
+    assert cfg.model == replace_fields(TINY, prediction="v") and cfg.loss_weight == "v"
+    # an ε checkpoint may start a v-network (same weights, other output parameterisation)
+    v_state = dqt.init_state(cfg)
+    for a, b in zip(jax.tree.leaves(v_state["params"]), jax.tree.leaves(start.params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_resume_without_checkpoint_is_an_error(image_dir, tmp_path):

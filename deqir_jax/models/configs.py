@@ -38,6 +38,10 @@ def _ds_from_px(size: int, resolutions: tuple[int, ...], field: str) -> tuple[in
     return tuple(sorted(set(out)))
 
 
+#: Output parameterisations of an ADM network (see :class:`ADMConfig`).
+PREDICTIONS = ("eps", "v")
+
+
 @dataclasses.dataclass(frozen=True)
 class ADMConfig:
     """guided-diffusion ``UNetModel`` hyperparameters (defaults: 256x256 unconditional).
@@ -48,6 +52,11 @@ class ADMConfig:
     as ``num_heads``) is used by the decoder's attention blocks when ``num_head_channels == -1``.
     ``num_classes`` (None: unconditional) adds a label embedding: then ``eps_fn`` needs ``y``.
     ``dropout`` is recorded for completeness; the network runs in inference mode (no dropout).
+    ``prediction`` is what the first ``in_channels`` output channels mean: ``"eps"`` (ε, every
+    released checkpoint) or ``"v"`` (v = √ā_t ε − √(1−ā_t) x_0, Salimans & Ho 2022, on the
+    linear 1000-step DDPM schedule); ``eps_fn`` always returns ε, converting v as
+    ``ε = √ā_t v + √(1−ā_t) x_t``. An ε-network has to output almost exactly its input at
+    large t (x0 error = ε error/√ā_t, √ā_999 ≈ 0.006); a v-network outputs ≈ −x_0 there.
     """
 
     architecture: ClassVar[str] = "adm"
@@ -68,8 +77,11 @@ class ADMConfig:
     num_classes: int | None = None
     dropout: float = 0.0
     conv_resample: bool = True
+    prediction: str = "eps"
 
     def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         object.__setattr__(self, "attention_resolutions", tuple(
             int(r) for r in _tuple(self.attention_resolutions)))
         object.__setattr__(self, "channel_mult", _clean_mult(self.channel_mult))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..diffusion.schedules import NUM_TRAIN_STEPS, alphas_cumprod, linear_betas
 from .adm import ADMUNet
 from .configs import ADMConfig, Config, DDPMConfig
 from .ddpm import DDPMUNet
@@ -119,8 +120,20 @@ def make_eps_fn(config: Config, dtype: Any = "float32") -> Callable:
     Returns:
       the full network output (ε in the first ``in_channels`` channels, then the learned
       variance channels when ``config.learn_sigma``), in the promoted dtype of x and params.
+      A ``prediction="v"`` network's v is converted to ε here, so every sampler sees ε.
     """
     return _make_eps_fn(config, dtype_name(dtype))
+
+
+def _v_to_eps(out: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
+    """``ε = √ā_t v + √(1−ā_t) x_t`` on the first C channels (linear DDPM schedule, integer
+    t; a float t is rounded)."""
+    abar = alphas_cumprod(linear_betas(NUM_TRAIN_STEPS))
+    idx = jnp.clip(jnp.round(t).astype(jnp.int32), 0, NUM_TRAIN_STEPS - 1)
+    a = jnp.asarray(abar, out.dtype)[idx][:, None, None, None]
+    c = x.shape[-1]
+    eps = jnp.sqrt(a) * out[..., :c] + jnp.sqrt(1 - a) * x.astype(out.dtype)
+    return jnp.concatenate([eps, out[..., c:]], axis=-1) if out.shape[-1] > c else eps
 
 
 @functools.lru_cache(maxsize=32)
@@ -140,6 +153,8 @@ def _make_eps_fn(config: Config, name: str) -> Callable:
             y = jnp.asarray(y)
         _check_inputs(config, x, t, y)
         out = nnx.merge(graphdef, params)(x, t, y)
+        if getattr(config, "prediction", "eps") == "v":
+            out = _v_to_eps(out, x, t)
         return out[0] if unbatched else out
 
     eps_fn.__name__ = f"{config.architecture}_eps_fn"

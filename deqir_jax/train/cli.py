@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 
 from ..models import ADMConfig, count_params, read_config, replace_fields
+from ..models.configs import PREDICTIONS
 from .config import DEFAULT_PRIOR_CONFIG, LOSS_WEIGHTS, LR_SCHEDULES, TrainConfig
 
 
@@ -70,6 +71,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     g.add_argument("--attention-ds", type=_ints, default=None,
                    help="downsample factors with attention (default: the lowest resolution)")
     g.add_argument("--num-head-channels", type=int, default=m.num_head_channels)
+    g.add_argument("--prediction", choices=PREDICTIONS, default=None,
+                   help="network output: 'eps' (default) or 'v' (v-prediction; "
+                        "use with --loss-weight v, which is then the v-MSE); with --init-from "
+                        "default: the checkpoint's")
     g.add_argument("--learn-sigma", action="store_true",
                    help="6 output channels like released ADM models (only ε is trained)")
     return p
@@ -82,6 +87,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(model, ADMConfig):
             raise ValueError(f"--init-from {args.init_from}: training supports ADM models, "
                              f"got {type(model).__name__}")
+        if args.prediction is not None:
+            model = replace_fields(model, prediction=args.prediction)
         return _train_config(args, model)
     levels = len(args.channel_mult)
     ds = args.attention_ds or (2 ** (levels - 1),)
@@ -92,7 +99,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         DEFAULT_PRIOR_CONFIG, image_size=size, model_channels=args.model_channels,
         channel_mult=args.channel_mult, num_res_blocks=args.num_res_blocks,
         attention_resolutions=tuple(size // d for d in ds),
-        num_head_channels=args.num_head_channels, out_channels=6 if args.learn_sigma else 3)
+        num_head_channels=args.num_head_channels, out_channels=6 if args.learn_sigma else 3,
+        prediction=args.prediction or "eps")
     return _train_config(args, model)
 
 

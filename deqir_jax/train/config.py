@@ -74,7 +74,8 @@ class TrainConfig:
         ε-network, ≈ the x0-MSE at large t and the ε-MSE at small t.
       init_from: a model checkpoint directory (``dq.models.save`` / ``weights_convert``
         output) whose params start the run, params and EMA alike (fine-tuning); its
-        architecture must equal ``model``. None: random init.
+        architecture must equal ``model`` except ``prediction`` (an ε-network can be
+        fine-tuned into a v-network: at small t, v ≈ ε). None: random init.
       checkpoint_every: save a checkpoint every this many steps (and at the end).
       keep_checkpoints: how many recent checkpoints to keep.
       log_every: average the loss over this many steps per ``loss.csv`` row / progress update.

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from ..diffusion.schedules import NUM_TRAIN_STEPS, alphas_cumprod, linear_betas
-from ..models import create, load, make_eps_fn
+from ..models import create, load, make_eps_fn, replace_fields
 from .config import TrainConfig
 
 # Parameter groups that ADM initialises to zero (``zero_module``): the last conv of each
@@ -64,7 +64,8 @@ def _zero_init(params: dict) -> dict:
 
 def _init_params(config: TrainConfig) -> dict:
     model = load(config.init_from)
-    if model.config != config.model:
+    # the output parameterisation may change (an ε-network fine-tuned into a v-network)
+    if replace_fields(model.config, prediction=config.model.prediction) != config.model:
         raise ValueError(
             f"init_from: {config.init_from} holds a {model.config}, which differs from the "
             f"run's model {config.model}; train with the checkpoint's architecture"
