@@ -190,6 +190,9 @@ def test_cli_arguments_and_errors(image_dir, tmp_path, capsys):
     cfg = dqt.config_from_args(args)
     assert cfg.model.channel_mult == (1, 2) and cfg.model.attention_ds == (2,)
     assert cfg.model.learn_sigma and cfg.scales == (1.0, 0.5) and cfg.crop_size == 32
+    # defaults: a v-network like the shipped prior, trained on its natural (v-MSE) loss
+    assert cfg.model.prediction == "v" and cfg.loss_weight == "v"
+    assert dqt.TrainConfig(data=("x",), run_dir="r", model=TINY).loss_weight == "eps"
     code = dqt.main(["--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "r")])
     assert code == 1 and "does not exist" in capsys.readouterr().err
 

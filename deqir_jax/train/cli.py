@@ -56,9 +56,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
     g.add_argument("--grad-clip", type=float, default=d["grad_clip"].default)
     g.add_argument("--ema-decay", type=float, default=d["ema_decay"].default)
-    g.add_argument("--loss-weight", choices=LOSS_WEIGHTS, default=d["loss_weight"].default,
-                   help="'eps': plain ε-MSE (L_simple); 'v': ε-MSE/ā_t (v-prediction loss, "
-                        "trains large t on their x0 error)")
+    g.add_argument("--loss-weight", choices=LOSS_WEIGHTS, default=None,
+                   help="'eps': plain ε-MSE (L_simple); 'v': ε-MSE/ā_t (the v-MSE, trains "
+                        "large t on their x0 error); default: 'v' for a v-network, else 'eps'")
     g.add_argument("--init-from", default=None, metavar="MODEL_DIR",
                    help="start from this model checkpoint's params (fine-tuning; the model "
                         "options below are then taken from it)")
@@ -72,9 +72,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="downsample factors with attention (default: the lowest resolution)")
     g.add_argument("--num-head-channels", type=int, default=m.num_head_channels)
     g.add_argument("--prediction", choices=PREDICTIONS, default=None,
-                   help="network output: 'eps' (default) or 'v' (v-prediction; "
-                        "use with --loss-weight v, which is then the v-MSE); with --init-from "
-                        "default: the checkpoint's")
+                   help="network output: 'eps' or 'v' (default: 'v' like the shipped prior; "
+                        "with --init-from: the checkpoint's)")
     g.add_argument("--learn-sigma", action="store_true",
                    help="6 output channels like released ADM models (only ε is trained)")
     return p
@@ -100,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         channel_mult=args.channel_mult, num_res_blocks=args.num_res_blocks,
         attention_resolutions=tuple(size // d for d in ds),
         num_head_channels=args.num_head_channels, out_channels=6 if args.learn_sigma else 3,
-        prediction=args.prediction or "eps")
+        prediction=args.prediction or DEFAULT_PRIOR_CONFIG.prediction)
     return _train_config(args, model)
 
 

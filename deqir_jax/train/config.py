@@ -12,7 +12,8 @@ from ..models import ADMConfig, config_from_dict, config_to_dict
 #: guided-diffusion at a size that trains on a CPU and ships as a small checkpoint. ε only
 #: (``learn_sigma`` off), attention at the lowest resolution (1/8) only, BigGAN up/down blocks
 #: and scale-shift norm like ADM-256. Runs on any H, W that are multiples of 8 (``image_size``
-#: only records the training crop: attention sits at downsample factor 48 / 6 = 8).
+#: only records the training crop: attention sits at downsample factor 48 / 6 = 8). Outputs v
+#: (``eps_fn`` converts it to ε): a small ε-network trained briefly is poor at large t.
 DEFAULT_PRIOR_CONFIG = ADMConfig(
     image_size=48,
     in_channels=3,
@@ -26,6 +27,7 @@ DEFAULT_PRIOR_CONFIG = ADMConfig(
     use_scale_shift_norm=True,
     resblock_updown=True,
     dropout=0.0,
+    prediction="v",
 )
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -70,8 +72,9 @@ class TrainConfig:
         and the output conv at init, as ADM's ``zero_module`` does.
       loss_weight: ``"eps"``: the plain ε-MSE (L_simple), whose x0 error at large t is
         weighted by SNR_t ≈ 0 (t = 999: 4e-5), so a short run leaves ε_θ poor there;
-        ``"v"``: ε-MSE × 1/ā_t = the v-prediction loss (Salimans & Ho 2022) of the same
-        ε-network, ≈ the x0-MSE at large t and the ε-MSE at small t.
+        ``"v"``: ε-MSE × 1/ā_t = the v-MSE (Salimans & Ho 2022), ≈ the x0-MSE at large t and
+        the ε-MSE at small t. None (default): ``"v"`` for a ``prediction="v"`` model (its
+        natural loss), else ``"eps"``.
       init_from: a model checkpoint directory (``dq.models.save`` / ``weights_convert``
         output) whose params start the run, params and EMA alike (fine-tuning); its
         architecture must equal ``model`` except ``prediction`` (an ε-network can be
@@ -102,7 +105,7 @@ class TrainConfig:
     scales: tuple[float, ...] = (1.0, 0.5, 0.25)
     seed: int = 0
     zero_init: bool = True
-    loss_weight: str = "eps"
+    loss_weight: str | None = None
     init_from: str | None = None
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
@@ -146,6 +149,8 @@ class TrainConfig:
             raise ValueError("weight_decay and grad_clip must be >= 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.loss_weight is None:  # the natural loss of the output parameterisation
+            object.__setattr__(self, "loss_weight", "v" if self.model.prediction == "v" else "eps")
         if self.loss_weight not in LOSS_WEIGHTS:
             raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {self.loss_weight!r}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
