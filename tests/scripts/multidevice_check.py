@@ -64,7 +64,8 @@ X0 = shard_trajectory(initial_trajectory(problem), mesh)
 fmap = ShardedDEQMap(eps_view(model.eps_fn, 3), mesh)
 solver = make_solver("anderson", T)
 hlo = _parallel.lower(fmap, solver, X0, problem, jnp.ones((T,))).compile().as_text()
-gathers = [line.strip()[:200] for line in hlo.splitlines() if re.search(r"all-gather", line)]
+gathers = [line.strip()[:200] for line in hlo.splitlines()
+           if re.search(r"=\s*\S+\s+all-gather(-start)?\(", line)]
 traj_elems = int(np.prod(X0.shape))
 sizes = []
 for g in gathers:
@@ -72,4 +73,5 @@ for g in gathers:
     if m:
         sizes.append(int(np.prod([int(s) for s in m.group(1).split(",") if s] or [1])))
 print(json.dumps(dict(results=out, gathers=gathers, gather_sizes=sizes, traj_elems=traj_elems,
+                      traj_rows=int(X0.shape[0] * X0.shape[1]),
                       collective_permutes=hlo.count("collective-permute"))))
