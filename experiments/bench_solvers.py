@@ -12,10 +12,8 @@ subprocess. Writes ``<out>.md``, ``<out>.csv`` and ``<out>_residuals.png``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,6 +28,9 @@ import deqir_jax as dq
 from deqir_jax.diffusion import DEQMap, SlidingWindow, initial_trajectory
 from deqir_jax.restore import _parallel, _sequential, eps_view, make_problem, make_solver
 from deqir_jax.solve import Anderson, Picard
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import header, machine, table, write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,30 +164,17 @@ print(json.dumps(out))
 def write(args, rows, hist, model_desc, img_desc, dev):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0])
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
-    lines = [
-        "# Solver benchmark",
-        "",
-        f"Command: `python experiments/bench_solvers.py {' '.join(sys.argv[1:])}`",
-        "",
-        f"- model: {model_desc}",
-        f"- image: {img_desc}; task `{args.task}` (50% random pixels kept), batch 1, etw 0.1, "
+    lines = header("Solver benchmark", "bench_solvers.py", [
+        f"model: {model_desc}",
+        f"image: {img_desc}; task `{args.task}` (50% random pixels kept), batch 1, etw 0.1, "
         "nw 0, seed 0",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"jax {jax.__version__}, backend {jax.default_backend()}",
-        "- seconds: best of the timed runs after compilation; speedup = sequential / variant",
-        "- temp_mb: XLA's compiled temporary buffer size (the jitted program's working memory)",
-        "- nfe: network evaluations per image; iterations: parallel map evaluations",
-        "",
-        "| " + " | ".join(keys) + " |",
-        "|" + "---|" * len(keys),
-    ]
-    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+        f"machine: {machine()}",
+        "seconds: best of the timed runs after compilation; speedup = sequential / variant",
+        "temp_mb: XLA's compiled temporary buffer size (the jitted program's working memory)",
+        "nfe: network evaluations per image; iterations: parallel map evaluations",
+    ]) + table(rows, fmt)
     if dev:
         lines += ["", f"Sharded Anderson on simulated CPU devices (T = {args.device_T}; "
                   "the devices share the same cores, so the time shows overhead, not speedup):",

@@ -13,10 +13,7 @@ similarity of the phantom gradient to the exact (implicit) gradient. Writes ``<o
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import os
-import platform
 import sys
 import time
 import warnings
@@ -33,6 +30,7 @@ from deqir_jax.restore import eps_view, make_problem
 from deqir_jax.solve import Picard, fixed_point
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _report import header, machine, table, write_csv  # noqa: E402
 from bench_solvers import ROOT, load_model  # noqa: E402
 
 IMAGES = ["Set5/img_001.png", "Set5/img_003.png"]
@@ -115,28 +113,20 @@ def main(argv=None):
 
 def write(args, rows, curves, images, cos, model_desc, gt, op, y):
     out = Path(args.out)
-    keys = list(rows[0])
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = [
-        "# Initialization optimization through the equilibrium", "",
-        f"Command: `python experiments/init_opt.py {' '.join(sys.argv[1:])}`", "",
-        f"- model: {model_desc}",
-        f"- images: centre {args.size}px crops of {', '.join(IMAGES)} (batch of 2, one x_T "
+    lines = header("Initialization optimization through the equilibrium", "init_opt.py", [
+        f"model: {model_desc}",
+        f"images: centre {args.size}px crops of {', '.join(IMAGES)} (batch of 2, one x_T "
         f"each); task `{args.task}` x{args.scale}; T = {args.timesteps}, etw 0.1, nw 0",
-        f"- Adam lr {args.lr}, {args.steps} steps; forward solve: Picard warm-started from the "
+        f"Adam lr {args.lr}, {args.steps} steps; forward solve: Picard warm-started from the "
         "previous equilibrium (tol 1e-4)",
-        "- `oracle_l2` uses the ground truth (the paper's oracle study, not available at test "
+        "`oracle_l2` uses the ground truth (the paper's oracle study, not available at test "
         "time); `reference_lpips` steers towards a reference image, here also the ground truth",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-        f"backend {jax.default_backend()}",
-        "- seconds_per_step: median wall-clock of one step (forward solve + gradient + Adam) "
+        f"machine: {machine()}",
+        "seconds_per_step: median wall-clock of one step (forward solve + gradient + Adam) "
         "after compilation; forward_nfe_per_step: network evaluations of the forward solve",
-        "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    ]) + table(rows, fmt)
     lines += ["", "Cosine similarity of each adjoint's gradient (oracle L2 loss, w.r.t. x_T) to "
               "the implicit gradient, per image:", ""]
     lines += [f"- {k}: {', '.join(f'{c:.4f}' for c in v)}" for k, v in cos.items()]

@@ -14,21 +14,18 @@ mean); the table also reports the first sample alone. Writes ``<out>.md``, ``<ou
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import platform
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 import deqir_jax as dq
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _report import header, machine, write_csv  # noqa: E402
 from bench_solvers import ROOT, load_model  # noqa: E402
 
 SETS = ("Kodak24", "Set14", "CBSD68")
@@ -127,28 +124,21 @@ def main(argv=None):
 
 def write(args, rows, names, model_desc, panels, labels):
     out = Path(args.out)
-    keys = list(rows[0])
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    lines = [
-        "# Restoration quality", "",
-        f"Command: `python experiments/restoration_table.py {' '.join(sys.argv[1:])}`", "",
-        f"- model: {model_desc}",
-        f"- images: centre {args.size}x{args.size} crops of the first {args.per_set} images of "
+    write_csv(out.with_suffix(".csv"), rows)
+    lines = header("Restoration quality", "restoration_table.py", [
+        f"model: {model_desc}",
+        f"images: centre {args.size}x{args.size} crops of the first {args.per_set} images of "
         f"each of {', '.join(SETS)} ({len(names)} images)",
-        f"- T = {args.timesteps} ({args.skip_type} skip), etw {args.etw}, nw 0, one shared "
+        f"T = {args.timesteps} ({args.skip_type} skip), etw {args.etw}, nw 0, one shared "
         f"noise, seed {args.seed}; restored = mean of {args.samples} restoration(s) per image "
         "(independent x_T; `dq.restore(samples=K)`), the \"1 sample\" columns are the first "
-        "of them; "
-        f"Anderson with the library defaults except relative tol {args.tol} and at most "
-        f"{args.max_steps or 'max(2T, 15)'} map evaluations (per-row mixing, best iterate)",
-        "- metrics on images clipped to [-1, 1]: PSNR (dB, RGB, data range of [0,1] images), "
+        f"of them; Anderson with the library defaults except relative tol {args.tol} and at "
+        f"most {args.max_steps or 'max(2T, 15)'} map evaluations (per-row mixing, causal, best "
+        "iterate)",
+        "metrics on images clipped to [-1, 1]: PSNR (dB, RGB, data range of [0,1] images), "
         "SSIM (Gaussian window 11, σ 1.5, RGB mean), LPIPS (AlexNet, lower is better)",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-        f"backend {jax.default_backend()}",
-        "",
+        f"machine: {machine()}",
+    ]) + [
         f"| task | A⁺y PSNR / SSIM / LPIPS | sequential (mean of {args.samples}) | Anderson "
         f"(mean of {args.samples}) | Anderson − seq (dB) | sequential, 1 sample | Anderson, "
         "1 sample | Anderson − seq, 1 sample (dB) | Anderson iters |",
