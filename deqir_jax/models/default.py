@@ -1,10 +1,12 @@
 """The default diffusion prior shipped inside the package (``dq.models.default()``).
 
-A small ADM UNet (guided-diffusion architecture, ε only) trained by this project with
-:mod:`deqir_jax.train` on Urban100 + SunHays80 crops; see ``experiments/results/train_prior.md``
-for the recipe. It is stored as a regular model checkpoint (``config.json`` + orbax params) in
-``deqir_jax/assets/default_model`` and is found with :mod:`importlib.resources`, so it works
-from a source checkout and from an installed wheel, with no download.
+A small ADM UNet (guided-diffusion architecture) trained by this project with
+:mod:`deqir_jax.train` on Urban100 + SunHays80 crops, first as an ε-network, then fine-tuned
+into a v-prediction network (``prediction="v"``; ``eps_fn`` still returns ε); see
+``experiments/results/train_prior.md`` for the recipe. It is stored as a regular model
+checkpoint (``config.json`` + orbax params) in ``deqir_jax/assets/default_model`` and is
+found with :mod:`importlib.resources`, so it works from a source checkout and from an
+installed wheel, with no download.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ from typing import Any
 from ..models import ADMConfig, config_from_dict, config_to_dict
 
 #: Architecture of the shipped default prior (``dq.models.default()``): the ADM UNet of
-#: guided-diffusion at a size that trains on a CPU and ships as a small checkpoint. ε only
-#: (``learn_sigma`` off), attention at the lowest resolution (1/8) only, BigGAN up/down blocks
-#: and scale-shift norm like ADM-256. Runs on any H, W that are multiples of 8 (``image_size``
-#: only records the training crop: attention sits at downsample factor 48 / 6 = 8). Outputs v
-#: (``eps_fn`` converts it to ε): a small ε-network trained briefly is poor at large t.
+#: guided-diffusion at a size that trains on a CPU and ships as a small checkpoint. No
+#: learned variance (``learn_sigma`` off), attention at the lowest resolution (1/8) only,
+#: BigGAN up/down blocks and scale-shift norm like ADM-256. Runs on any H, W that are
+#: multiples of 8 (``image_size`` only records the training crop: attention sits at
+#: downsample factor 48 / 6 = 8). Outputs v (``eps_fn`` converts it to ε): a small
+#: ε-network trained briefly is poor at large t.
 DEFAULT_PRIOR_CONFIG = ADMConfig(
     image_size=48,
     in_channels=3,
