@@ -323,6 +323,7 @@ def test_set_value_parsing():
     assert parse_value(M.ADMConfig, "channel_mult", "0.5,1,2") == (0.5, 1.0, 2.0)
     assert parse_value(M.ADMConfig, "attention_resolutions", "32,16,8") == (32, 16, 8)
     assert parse_value(M.DDPMConfig, "dropout", "0.1") == 0.1
+    assert parse_value(M.ADMConfig, "prediction", "v") == "v"  # a v-prediction checkpoint
     with pytest.raises(ValueError, match="unknown adm field"):
         parse_value(M.ADMConfig, "bogus", "1")
     with pytest.raises(ValueError, match="cannot parse"):
