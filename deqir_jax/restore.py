@@ -255,6 +255,10 @@ def restore(
     if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples must be a positive integer, got {samples!r}")
     if samples > 1:
+        # (with an operator, make_problem checks x_T against the repeated y)
+        if op is None and x_T is not None and jnp.shape(x_T)[0] % samples:
+            raise ValueError(f"x_T must have B·samples rows, got {jnp.shape(x_T)[0]} rows "
+                             f"for samples={samples}")
         if op is not None:
             y = jnp.asarray(y)
             if y.ndim == len(op.measurement_shape):
@@ -269,9 +273,6 @@ def restore(
             solver=solver, faithful=faithful, chunk_size=chunk_size, mesh=mesh,
             on_max_steps=on_max_steps, return_trajectory=return_trajectory, dtype=dtype,
             **solver_options)
-        if res.x_T.shape[0] % samples:
-            raise ValueError(f"x_T must have B·samples rows, got {res.x_T.shape[0]} rows for "
-                             f"samples={samples}")
         per = res.image.reshape((-1, samples) + res.image.shape[1:])
         return dataclasses.replace(res, image=per.mean(axis=1), apy=res.apy[::samples],
                                    samples=per)

@@ -72,6 +72,22 @@ def test_picard_exact_and_history(setup):
     assert np.isnan(hist[int(sol.stats.map_evals):]).all()
 
 
+def test_causal_anderson_is_exact_within_rows_plus_one(setup):
+    """On the (causal) DEQ map the settled-prefix rule makes Anderson end like Picard: at the
+    exact fixed point after at most R + 1 evaluations, even with a tolerance no mixing
+    reaches; without the rule the same solve runs to its step limit."""
+    F, prob = setup
+    X0 = initial_trajectory(prob)
+    seq = dq.restore(GaussianModel.create(SHAPE, dtype=np.float64), None, None, 12,
+                     "sequential", key=0, image_shape=SHAPE, etw=0.1, dtype=jnp.float64)
+    causal = fixed_point(F, Anderson(tol=1e-15, max_steps=40), X0, prob)
+    assert causal.converged and int(causal.stats.map_evals) <= 12 + 1
+    np.testing.assert_allclose(np.asarray(causal.value[:, -1]), np.asarray(seq.image),
+                               rtol=0, atol=1e-12)  # float64 closed-form map vs the scan
+    mixed = fixed_point(F, Anderson(tol=1e-15, max_steps=40, causal=False), X0, prob)
+    assert int(mixed.stats.map_evals) > int(causal.stats.map_evals)
+
+
 def _divergent(X, args):
     return jnp.exp(X) + args  # exp(X) + 1 > X everywhere: no fixed point exists
 

@@ -184,9 +184,10 @@ class Anderson(_Base):
             them with old iterates, the settled prefix grows by at least one row per
             evaluation, and the solve ends within R + warmup evaluations like Picard while
             the unsettled rows are still accelerated. (For a map that is not causal this
-            only replaces some mixed steps by plain ones.) Measured on the trained default
-            prior in float32, improved Anderson without it stalls at a relative residual of
-            ~5e-4 (``experiments/results/bench_solvers.md``).
+            only replaces some mixed steps by plain ones.) Without it, improved Anderson
+            stalled at ~1e-2 from the sequential result until its 2T limit on the trained
+            prior in float32 (``experiments/results/bench_solvers.md`` as of commit
+            995edc9); ``tests/test_solve.py`` checks the R + 1 bound.
     """
 
     m: int = 5
