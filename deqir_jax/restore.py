@@ -254,7 +254,7 @@ def restore(
     """
     if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples must be a positive integer, got {samples!r}")
-    if samples > 1:
+    if samples > 1:  # solve B·K rows as one batch; _per_image folds them back
         # (with an operator, make_problem checks x_T against the repeated y)
         if op is None and x_T is not None and jnp.shape(x_T)[0] % samples:
             raise ValueError(f"x_T must have B·samples rows, got {jnp.shape(x_T)[0]} rows "
@@ -266,16 +266,6 @@ def restore(
             y = jnp.repeat(y, samples, axis=0)
         elif x_T is None:
             batch = (1 if batch is None else batch) * samples
-        res = restore(
-            model, y, op, timesteps, method, key=key, x_T=x_T, noise=noise, nw=nw, etw=etw,
-            sigma_y=sigma_y, noise_aware=noise_aware, fresh_noise=fresh_noise,
-            schedule=schedule, skip_type=skip_type, image_shape=image_shape, batch=batch,
-            solver=solver, faithful=faithful, chunk_size=chunk_size, mesh=mesh,
-            on_max_steps=on_max_steps, return_trajectory=return_trajectory, dtype=dtype,
-            **solver_options)
-        per = res.image.reshape((-1, samples) + res.image.shape[1:])
-        return dataclasses.replace(res, image=per.mean(axis=1), apy=res.apy[::samples],
-                                   samples=per)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if on_max_steps not in ("warn", "raise", "ignore"):
@@ -297,7 +287,8 @@ def restore(
             raise SolverError("the sequential sampler produced non-finite values")
         stats = dict(method=method, timesteps=T, iterations=T, nfe=T, converged=True,
                      result="sequential", residual=None, residual_history=[])
-        return Restoration(image, apy, stats, None, traj, problem.x_T, problem.noise)
+        return _per_image(
+            Restoration(image, apy, stats, None, traj, problem.x_T, problem.noise), samples)
 
     solver = make_solver(method, T, solver, faithful, **solver_options)
     X0 = initial_trajectory(problem)
@@ -350,4 +341,14 @@ def restore(
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
     image = sol.value[:, -1]
     traj = sol.value if return_trajectory else None
-    return Restoration(image, apy, stats, sol, traj, problem.x_T, problem.noise)
+    return _per_image(Restoration(image, apy, stats, sol, traj, problem.x_T, problem.noise),
+                      samples)
+
+
+def _per_image(res: Restoration, samples: int) -> Restoration:
+    """Fold the B·K rows of a ``samples=K`` solve into K samples per image (image-major);
+    ``image`` becomes their mean, ``apy`` one row per image."""
+    if samples == 1:
+        return res
+    per = res.image.reshape((-1, samples) + res.image.shape[1:])
+    return dataclasses.replace(res, image=per.mean(axis=1), apy=res.apy[::samples], samples=per)

@@ -154,6 +154,12 @@ def test_init_from_starts_params_and_ema_from_a_checkpoint(image_dir, tmp_path):
     for a, b in zip(jax.tree.leaves(v_state["params"]), jax.tree.leaves(start.params),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # architecture flags would be ignored with --init-from: refused, naming them
+    args = dqt.build_parser().parse_args(
+        ["--data", str(image_dir), "--run-dir", str(tmp_path / "r5"), "--crop", "16",
+         "--init-from", str(tmp_path / "start"), "--model-channels", "64", "--learn-sigma"])
+    with pytest.raises(ValueError, match="drop --model-channels, --learn-sigma"):
+        dqt.config_from_args(args)
 
 
 def test_resume_without_checkpoint_is_an_error(image_dir, tmp_path):

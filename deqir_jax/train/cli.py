@@ -21,6 +21,10 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.replace(",", " ").split())
 
 
+def _given(value, default):
+    return default if value is None else value
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add the training options to ``parser`` (a new one by default) and return it."""
     p = parser or argparse.ArgumentParser(
@@ -60,17 +64,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="'eps': plain ε-MSE (L_simple); 'v': ε-MSE/ā_t (the v-MSE, trains "
                         "large t on their x0 error); default: 'v' for a v-network, else 'eps'")
     g.add_argument("--init-from", default=None, metavar="MODEL_DIR",
-                   help="start from this model checkpoint's params (fine-tuning; the model "
-                        "options below are then taken from it)")
+                   help="start from this model checkpoint's params (fine-tuning; its "
+                        "architecture is used, so the model options below are refused)")
     g.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"].default)
     g.add_argument("--log-every", type=int, default=d["log_every"].default)
     g = p.add_argument_group("model (ADM UNet; defaults: the shipped default prior)")
-    g.add_argument("--model-channels", type=int, default=m.model_channels)
-    g.add_argument("--channel-mult", type=_floats, default=m.channel_mult, help="e.g. '1,2,2,2'")
-    g.add_argument("--num-res-blocks", type=int, default=m.num_res_blocks)
+    # (defaults None: filled in from DEFAULT_PRIOR_CONFIG, and refused with --init-from)
+    g.add_argument("--model-channels", type=int, default=None,
+                   help=f"base width (default {m.model_channels})")
+    g.add_argument("--channel-mult", type=_floats, default=None,
+                   help=f"e.g. '1,2,2,2' (default {','.join(map(str, m.channel_mult))})")
+    g.add_argument("--num-res-blocks", type=int, default=None,
+                   help=f"(default {m.num_res_blocks})")
     g.add_argument("--attention-ds", type=_ints, default=None,
                    help="downsample factors with attention (default: the lowest resolution)")
-    g.add_argument("--num-head-channels", type=int, default=m.num_head_channels)
+    g.add_argument("--num-head-channels", type=int, default=None,
+                   help=f"(default {m.num_head_channels})")
     g.add_argument("--prediction", choices=PREDICTIONS, default=None,
                    help="network output: 'eps' or 'v' (default: 'v' like the shipped prior; "
                         "with --init-from: the checkpoint's)")
@@ -81,7 +90,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed arguments (ValueError for invalid combinations)."""
+    arch = {f"--{k.replace('_', '-')}": v for k, v in (
+        ("model_channels", args.model_channels), ("channel_mult", args.channel_mult),
+        ("num_res_blocks", args.num_res_blocks), ("attention_ds", args.attention_ds),
+        ("num_head_channels", args.num_head_channels),
+        ("learn_sigma", args.learn_sigma or None)) if v is not None}
     if args.init_from is not None:
+        if arch:
+            raise ValueError(f"--init-from takes the architecture from {args.init_from}; "
+                             f"drop {', '.join(arch)}")
         model = read_config(args.init_from)[0]
         if not isinstance(model, ADMConfig):
             raise ValueError(f"--init-from {args.init_from}: training supports ADM models, "
@@ -89,16 +106,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if args.prediction is not None:
             model = replace_fields(model, prediction=args.prediction)
         return _train_config(args, model)
-    levels = len(args.channel_mult)
+    m = DEFAULT_PRIOR_CONFIG
+    mult = m.channel_mult if args.channel_mult is None else args.channel_mult
+    levels = len(mult)
     ds = args.attention_ds or (2 ** (levels - 1),)
     size = args.crop
     if any(d <= 0 or size % d for d in ds):
         raise ValueError(f"--attention-ds {ds} must divide the crop size {args.crop}")
     model = replace_fields(
-        DEFAULT_PRIOR_CONFIG, image_size=size, model_channels=args.model_channels,
-        channel_mult=args.channel_mult, num_res_blocks=args.num_res_blocks,
+        m, image_size=size, model_channels=_given(args.model_channels, m.model_channels),
+        channel_mult=mult, num_res_blocks=_given(args.num_res_blocks, m.num_res_blocks),
         attention_resolutions=tuple(size // d for d in ds),
-        num_head_channels=args.num_head_channels, out_channels=6 if args.learn_sigma else 3,
+        num_head_channels=_given(args.num_head_channels, m.num_head_channels),
+        out_channels=6 if args.learn_sigma else 3,
         prediction=args.prediction or DEFAULT_PRIOR_CONFIG.prediction)
     return _train_config(args, model)
 
