@@ -86,6 +86,15 @@ def test_causal_anderson_is_exact_within_rows_plus_one(setup):
                                rtol=0, atol=1e-12)  # float64 closed-form map vs the scan
     mixed = fixed_point(F, Anderson(tol=1e-15, max_steps=40, causal=False), X0, prob)
     assert int(mixed.stats.map_evals) > int(causal.stats.map_evals)
+    # settle_tol=inf counts every row as settled: every step is the plain (Picard) step
+    plain = fixed_point(F, Anderson(tol=1e-15, max_steps=6, settle_tol=np.inf), X0, prob)
+    picard = fixed_point(F, Picard(tol=1e-15, max_steps=6), X0, prob)
+    hist = [np.asarray(s.stats.residual_history)[2:] for s in (  # (warm-up evals: NaN)
+        plain, picard, fixed_point(F, Anderson(tol=1e-15, max_steps=6), X0, prob))]
+    np.testing.assert_allclose(hist[0], hist[1], rtol=1e-6)
+    assert not np.allclose(hist[0], hist[2], rtol=1e-3)
+    with pytest.raises(ValueError, match="settle_tol must be"):
+        Anderson(settle_tol=-1.0)
 
 
 def _divergent(X, args):

@@ -188,6 +188,10 @@ class Anderson(_Base):
             stalled at ~1e-2 from the sequential result until its 2T limit on the trained
             prior in float32 (``experiments/results/bench_solvers.md`` as of commit
             995edc9); ``tests/test_solve.py`` checks the R + 1 bound.
+        settle_tol: the per-row scaled residual at or below which the causal rule counts a
+            row as settled; None (default): ``tol``. (With ``stop="relative"`` the stop test
+            uses another normalisation, so the two may differ; ``inf`` makes every step a
+            plain Picard step, 0 settles only exactly-fixed rows.)
     """
 
     m: int = 5
@@ -203,9 +207,12 @@ class Anderson(_Base):
     guard: bool = True
     relative_ridge: bool = True
     causal: bool = True
+    settle_tol: float | None = None
 
     def __post_init__(self):
         _check(self)
+        if self.settle_tol is not None and not self.settle_tol >= 0:
+            raise ValueError(f"settle_tol must be >= 0 or None, got {self.settle_tol}")
         if self.m < 1:
             raise ValueError(f"m must be >= 1, got {self.m}")
         if self.mixing not in ("per_row", "per_image"):
@@ -285,7 +292,8 @@ class Anderson(_Base):
         if self.beta != 1.0:
             x_new = x_new + (1 - beta) * mix(state["X_hist"])
         if self.causal:
-            settled = (state["row"] <= self.tol).astype(jnp.int32)  # (B, R)
+            settle = self.tol if self.settle_tol is None else self.settle_tol
+            settled = (state["row"] <= settle).astype(jnp.int32)  # (B, R)
             prefix = jnp.cumprod(settled, axis=1)  # rows 0..r all settled
             plain_rows = jnp.concatenate([jnp.ones_like(prefix[:, :1]), prefix[:, :-1]], 1)
             plain_rows = plain_rows.reshape(plain_rows.shape + (1,) * (x.ndim - 2))
