@@ -75,6 +75,9 @@ def main(argv=None):
     p.add_argument("--tol", type=float, default=1e-3, help="Anderson relative tolerance")
     p.add_argument("--max-steps", type=int, default=None,
                    help="Anderson map evaluations (default: the library's max(2T, 15))")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="OP",
+                   choices=sorted({op for op, _ in TASKS.values()}),
+                   help="only the rows of these operators (default: every task)")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "restoration_table"))
     args = p.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -84,6 +87,8 @@ def main(argv=None):
     T = args.timesteps
     rows, panels, labels = [], [], []
     for label, (task, params) in TASKS.items():
+        if args.tasks and task not in args.tasks:
+            continue
         op = dq.operators.get(task, image_shape=gt.shape[1:], **params)
         y = op.A(gt)
         apy = op.A_pinv(y)
