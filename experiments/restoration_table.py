@@ -68,7 +68,10 @@ def main(argv=None):
     p.add_argument("--per-set", type=int, default=4)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--timesteps", type=int, default=20)
-    p.add_argument("--etw", type=float, default=0.1)
+    p.add_argument("--etw", type=float, default=0.1, help="ε weight (official example 0.1)")
+    p.add_argument("--nw", type=float, default=0.0, help="noise weight (official example 0)")
+    p.add_argument("--fresh-noise", action="store_true",
+                   help="a new noise z_i per step (DDPM/DDNM) instead of the official one shared z")
     p.add_argument("--skip-type", default="uniform", choices=("uniform", "quad"))
     p.add_argument("--samples", type=int, default=1, help="K restorations per image, averaged")
     p.add_argument("--seed", type=int, default=0)
@@ -92,8 +95,8 @@ def main(argv=None):
         op = dq.operators.get(task, image_shape=gt.shape[1:], **params)
         y = op.A(gt)
         apy = op.A_pinv(y)
-        common = dict(key=args.seed, etw=args.etw, skip_type=args.skip_type,
-                      samples=args.samples)
+        common = dict(key=args.seed, etw=args.etw, nw=args.nw, fresh_noise=args.fresh_noise,
+                      skip_type=args.skip_type, samples=args.samples)
         t0 = time.perf_counter()
         seq = dq.restore(model, y, op, T, "sequential", **common)
         t_seq = time.perf_counter() - t0
@@ -134,8 +137,9 @@ def write(args, rows, names, model_desc, panels, labels):
         f"model: {model_desc}",
         f"images: centre {args.size}x{args.size} crops of the first {args.per_set} images of "
         f"each of {', '.join(SETS)} ({len(names)} images)",
-        f"T = {args.timesteps} ({args.skip_type} skip), etw {args.etw}, nw 0, one shared "
-        f"noise, seed {args.seed}; restored = mean of {args.samples} restoration(s) per image "
+        f"T = {args.timesteps} ({args.skip_type} skip), etw {args.etw}, nw {args.nw}, "
+        f"{'a fresh noise per step' if args.fresh_noise else 'one shared noise'}, "
+        f"seed {args.seed}; restored = mean of {args.samples} restoration(s) per image "
         "(independent x_T; `dq.restore(samples=K)`), the \"1 sample\" columns are the first "
         f"of them; Anderson with the library defaults except relative tol {args.tol} and at "
         f"most {args.max_steps or 'max(2T, 15)'} map evaluations (per-row mixing, causal, best "
