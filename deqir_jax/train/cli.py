@@ -107,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             model = replace_fields(model, prediction=args.prediction)
         return _train_config(args, model)
     m = DEFAULT_PRIOR_CONFIG
-    mult = m.channel_mult if args.channel_mult is None else args.channel_mult
+    mult = _given(args.channel_mult, m.channel_mult)
     levels = len(mult)
     ds = args.attention_ds or (2 ** (levels - 1),)
     size = args.crop
