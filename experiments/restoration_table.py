@@ -138,7 +138,7 @@ def write(args, rows, names, model_desc, panels, labels):
         f"images: centre {args.size}x{args.size} crops of the first {args.per_set} images of "
         f"each of {', '.join(SETS)} ({len(names)} images)",
         f"T = {args.timesteps} ({args.skip_type} skip), etw {args.etw}, nw {args.nw}, "
-        f"{'a fresh noise per step' if args.fresh_noise else 'one shared noise'}, "
+        f"{'fresh noise per step' if args.fresh_noise else 'one shared noise'}, "
         f"seed {args.seed}; restored = mean of {args.samples} restoration(s) per image "
         "(independent x_T; `dq.restore(samples=K)`), the \"1 sample\" columns are the first "
         f"of them; Anderson with the library defaults except relative tol {args.tol} and at "

@@ -116,7 +116,8 @@ def step_coefficients(
     Args:
         T: number of sampling steps, 1 ≤ T ≤ 1000.
         nw: DeqIR's noise weight (``c1 = nw √(1−a')``); 0 = deterministic.
-        etw: DeqIR's ε-shrink weight (``c2 = √(1−etw²) √(1−a')``). ``nw = etw = η`` gives DDIM(η).
+        etw: DeqIR's ε-shrink weight (``c2 = √(1−etw²) √(1−a')``). ``nw = etw = η`` is
+            DDNM's η (noise std η√(1−a'); DDIM's η scales its σ differently).
         sigma_y: measurement noise std in **[0, 1] pixel units** (internally doubled to the
             [-1, 1] range). Only used when ``noise_aware`` is set.
         noise_aware: use the DDNM+ λ/γ correction instead of the official hard projection.
