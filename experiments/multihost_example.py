@@ -19,6 +19,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 
 
 def worker(args):
@@ -58,11 +59,24 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.local and os.environ.get("DEQIR_MULTIHOST_CHILD") is None:
         env = dict(os.environ, DEQIR_MULTIHOST_CHILD="1", JAX_PLATFORMS="cpu")
+        # Each child writes to its own files; the launcher replays them in process order once all
+        # have finished, so the lines of different processes never interleave.
+        outs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+                for _ in range(args.local)]
         procs = [subprocess.Popen([sys.executable, __file__, "--local", str(args.local),
                                    "--coordinator", args.coordinator, "--num-processes",
-                                   str(args.local), "--process-id", str(i)], env=env)
-                 for i in range(args.local)]
-        sys.exit(max(p.wait() for p in procs))
+                                   str(args.local), "--process-id", str(i)], env=env,
+                                  stdout=out, stderr=err)
+                 for i, (out, err) in enumerate(outs)]
+        codes = [p.wait() for p in procs]
+        for i, ((out, err), code) in enumerate(zip(outs, codes, strict=True)):
+            for f, stream in ((err, sys.stderr), (out, sys.stdout)):
+                f.seek(0)
+                stream.write(f.read())
+                stream.flush()
+            if code:
+                print(f"process {i} exited with code {code}", file=sys.stderr)
+        sys.exit(max(codes))
     worker(args)
 
 

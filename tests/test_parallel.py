@@ -55,8 +55,9 @@ def test_multihost_example_two_processes():
     proc = subprocess.run([sys.executable, str(script), "--local", "2", "--coordinator",
                            f"localhost:{port}"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The launcher replays each process's own output after both have exited (no interleaving).
     lines = [line for line in proc.stdout.splitlines() if line.startswith("process")]
-    assert len(lines) == 2
+    assert [line.split(":")[0] for line in lines] == ["process 0/2", "process 1/2"], proc.stdout
     checks = {line.split("checksum ")[1].split(",")[0] for line in lines}
     assert len(checks) == 1  # both hosts hold the same result
     for line in lines:
