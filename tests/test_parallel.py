@@ -35,9 +35,14 @@ def test_same_result_on_1_to_8_devices(report):
 
 
 def test_no_all_gather_of_the_trajectory(report):
-    # Only per-row scalars may be gathered (the causal Anderson's "settled prefix" flags, a
-    # cumulative product over the sharded row axis): at most one element per (image, row).
-    assert all(size <= report["traj_rows"] for size in report["gather_sizes"]), report["gathers"]
+    # Only per-row scalars may be gathered: the causal Anderson's "settled prefix" flags (a
+    # cumulative product over the sharded row axis, one element per (image, row)) and the
+    # triangular mixing's per-row m×m Gram matrices (a cumulative sum over rows): at most m²
+    # numbers per (image, row), never an image (D = H·W·C numbers per row).
+    per_row = report["history"] ** 2
+    assert all(size <= per_row * report["traj_rows"] for size in report["gather_sizes"]), \
+        report["gathers"]
+    assert per_row < report["traj_elems"] // report["traj_rows"]  # the bound is not vacuous
     assert len(report["gather_sizes"]) == len(report["gathers"])
     assert report["collective_permutes"] > 0  # neighbours exchange single rows instead
 

@@ -4,7 +4,7 @@ from .coefficients import StepCoefficients, step_coefficients
 from .deq_map import DEQMap, initial_trajectory
 from .gaussian import GaussianModel, gaussian_eps
 from .problem import Problem
-from .samplers import ddnm_step, sequential_sample
+from .samplers import coarse_segments, coarse_trajectory, ddnm_step, sequential_sample
 from .scan import affine_scan
 from .schedules import (
     alpha_bar_at,
@@ -25,6 +25,8 @@ __all__ = [
     "affine_scan",
     "alpha_bar_at",
     "alphas_cumprod",
+    "coarse_segments",
+    "coarse_trajectory",
     "cosine_betas",
     "ddnm_step",
     "gaussian_eps",

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from .problem import Problem
+from .samplers import ddnm_step
 from .scan import affine_scan, shard_shift, sharded_affine_scan
 
 
@@ -40,18 +41,33 @@ class DEQMap:
             over this mesh axis (see :mod:`deqir_jax.parallel`): X, the coefficients and fresh
             noises are then the local block of rows, the row shift uses one ``ppermute`` and
             the prefix scan carries across shards in log2(devices) ``ppermute`` rounds.
+        order: the order k of the nonlinear system (ParaTAA, Tang et al. 2024). None (the
+            official DeqIR map): row i is written in terms of x_T and all ε_1..ε_i (the
+            closed form of §3, a prefix scan). k: row i is k DDNM steps from the current
+            value of row i−k, with the ε of the current rows i−k..i−1 (k = 1: one step from
+            the network input of row i itself, so a trajectory whose rows already agree stays
+            put; k ≥ T is the full-order map). Every order has the same unique fixed point,
+            the sequential trajectory; they differ in how errors in the iterate propagate.
     """
 
     eps_fn: Callable
     chunk_size: int | None = None
     axis_name: str | None = None
+    order: int | None = None
 
-    def network_inputs(self, X, problem: Problem):
-        """The shifted stack ``[x_T, x_1, …, x_{T−1}]`` fed to the network, (B, T, H, W, C)."""
-        first = problem.x_T.astype(X.dtype)
+    def __post_init__(self):
+        if self.order is not None and int(self.order) < 1:
+            raise ValueError(f"order must be >= 1 or None (full order), got {self.order}")
+
+    def _shift(self, X, first):
+        """``[first, X_1, …, X_{R−1}]``: every row moved one down, ``first`` in front."""
         if self.axis_name is not None:
             first = shard_shift(X[:, -1], first, self.axis_name)
         return jnp.concatenate([first[:, None], X[:, :-1]], axis=1)
+
+    def network_inputs(self, X, problem: Problem):
+        """The shifted stack ``[x_T, x_1, …, x_{T−1}]`` fed to the network, (B, T, H, W, C)."""
+        return self._shift(X, problem.x_T.astype(X.dtype))
 
     def times(self, rows: int, problem: Problem):
         """The network times of the (local) rows, int32 (rows,)."""
@@ -88,11 +104,12 @@ class DEQMap:
             )
         return eps.astype(xin.dtype).reshape(xin.shape)
 
-    def combine(self, eps, problem: Problem, coeffs=None, noise=None, init=None):
+    def combine(self, eps, problem: Problem, coeffs=None, noise=None, init=None, base=None):
         """Steps 2-3: the trajectory implied by the per-row ε (B, T, H, W, C).
 
         ``coeffs``, ``noise`` and ``init`` (the state before the first row, x_T by default)
         default to the problem's; a sliding window passes its own rows and starting state.
+        ``base`` (the network inputs, shifted rows) is required by a finite ``order``.
         """
         dtype = eps.dtype
         c = (problem.coeffs if coeffs is None else coeffs).astype(dtype)
@@ -109,12 +126,48 @@ class DEQMap:
             + col(c.c1) * p_noise
             + col(c.apy_weight) * problem.apy()[:, None].astype(dtype)
         )
-        u_null = self.scan(c.decay_null, v_null, x_T - p_xT)
-        u_range = self.scan(c.decay_range, v_range, p_xT)
+        rows = eps.shape[1]
+        if self.order is None or (self.order >= rows and self.axis_name is None):
+            u_null = self.scan(c.decay_null, v_null, x_T - p_xT)
+            u_range = self.scan(c.decay_range, v_range, p_xT)
+            return u_null + u_range
+        # Order k: k applications of the one-step recurrence, starting from the current rows
+        # (the network inputs); row 1 always starts from x_T itself.
+        p_base = problem.project_range(base.astype(dtype))
+        u_null, u_range = base.astype(dtype) - p_base, p_base
+        for _ in range(int(self.order)):
+            u_null = col(c.decay_null) * u_null + v_null
+            u_range = col(c.decay_range) * u_range + v_range
+            if _ < self.order - 1:
+                u_null = self._shift(u_null, x_T - p_xT)
+                u_range = self._shift(u_range, p_xT)
         return u_null + u_range
 
+    # The row structure used by the RowScan adjoint (deqir_jax.solve.RowScan).
+    def row_inputs(self, X, problem: Problem):
+        """Each row's predecessor, ``[x_T, x_1, …, x_{T−1}]`` (the network inputs)."""
+        return self.network_inputs(X, problem)
+
+    def row_step(self, i, x_prev, problem: Problem):
+        """Row ``i`` (0-based, traced) as one sequential step from ``x_prev`` (B, H, W, C)."""
+        c = problem.coeffs.astype(x_prev.dtype)
+        c_i = jax.tree_util.tree_map(lambda a: a[i], c)
+        t = jnp.asarray(c.t, jnp.int32)[i]
+        eps = self.eps_fn(problem.params, x_prev, jnp.full((x_prev.shape[0],), t, jnp.int32))
+        return ddnm_step(problem, c_i, x_prev, eps.astype(x_prev.dtype), problem.apy(),
+                         problem.noise_at(i))
+
+    def add_input_cotangent(self, g_problem: Problem, g_x0):
+        """The cotangent of the chain's start (x_T) added into the problem's cotangent."""
+        return dataclasses.replace(g_problem, x_T=g_problem.x_T + g_x0.astype(
+            g_problem.x_T.dtype))
+
     def __call__(self, X, problem: Problem):
-        return self.combine(self.eps(X, problem), problem)
+        if self.order is None:
+            return self.combine(self.eps(X, problem), problem)
+        xin = self.network_inputs(X, problem)
+        eps = self.evaluate(problem.params, xin, self.times(xin.shape[1], problem))
+        return self.combine(eps, problem, base=xin)
 
 
 def initial_trajectory(problem: Problem, T: int | None = None, dtype=None):

@@ -70,6 +70,7 @@ class ShardedDEQMap:
     mesh: Mesh
     chunk_size: int | None = None
     axis_name: str = AXIS
+    order: int | None = None
 
     def __call__(self, X, problem: Problem):
         n = self.mesh.shape[self.axis_name]
@@ -79,7 +80,8 @@ class ShardedDEQMap:
                 f"timesteps T={T} must be divisible by the number of devices on mesh axis "
                 f"{self.axis_name!r} ({n})"
             )
-        local = DEQMap(self.eps_fn, chunk_size=self.chunk_size, axis_name=self.axis_name)
+        local = DEQMap(self.eps_fn, chunk_size=self.chunk_size, axis_name=self.axis_name,
+                       order=self.order)
         spec = P(None, self.axis_name)
         fn = jax.shard_map(
             local,

@@ -36,6 +36,12 @@ class Stats:
             the last one.
         residual: (B,) final relative residual ``‖F(X) − X‖/(1e-5 + ‖F(X)‖)`` per problem.
         row_residuals: (B, R) final per-row residual ``‖F(X)_r − X_r‖/(√D · scale_r)``.
+        image_steps: (B,) map evaluations each problem took before it stopped (problems stop
+            on their own; a stopped one is frozen while the others continue).
+        image_result: (B,) int32 :class:`Result` code of each problem (``Solution.result``
+            is the worst of them).
+        depth: (B,) sequential network rounds each problem took: ``image_steps`` plus the
+            rounds of any sequential start (coarse pass) counted by the caller.
     """
 
     steps: jax.Array
@@ -44,12 +50,16 @@ class Stats:
     residual_history: jax.Array
     residual: jax.Array
     row_residuals: jax.Array
+    image_steps: jax.Array | None = None
+    image_result: jax.Array | None = None
+    depth: jax.Array | None = None
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Solution:
-    """``value`` (same shape as X0), ``result`` (int32 :class:`Result` code), ``stats``."""
+    """``value`` (same shape as X0), ``result`` (int32 :class:`Result` code, the worst over
+    the problems of the batch; per problem in ``stats.image_result``), ``stats``."""
 
     value: jax.Array
     result: jax.Array

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from .solution import Result
 
 STOP_RULES = ("relative", "per_row")
+MIXINGS = ("per_row", "per_image", "triangular")
 
 
 def _static_dataclass(cls):
@@ -60,21 +61,28 @@ def residuals(x, fx, row_scale):
 
 
 class _Base:
-    """Shared loop bookkeeping: residuals, best iterate, result code."""
+    """Shared loop bookkeeping: residuals, best iterate, per-problem result codes.
+
+    Every problem (image) of the batch stops on its own: once its stopping measure is at or
+    below ``tol`` (or its values are non-finite) its iterate, map value and best iterate are
+    frozen while the others continue, and its own evaluation count stops. The loop ends when
+    every problem has stopped or at ``max_steps`` evaluations.
+    """
 
     def _measure(self, rel, row):
-        return jnp.max(rel) if self.stop == "relative" else jnp.max(row)
+        """The stopping measure of each problem, (B,)."""
+        return rel if self.stop == "relative" else jnp.max(row, axis=1)
 
     def _bookkeep(self, state, x, fx, row_scale, checked):
         rel, row = residuals(x, fx, row_scale)
         measure = self._measure(rel, row)
         k = state["evals"]
-        finite = jnp.all(jnp.isfinite(fx)) & jnp.all(jnp.isfinite(x))
+        axes = tuple(range(1, x.ndim))
+        finite = jnp.all(jnp.isfinite(fx), axis=axes) & jnp.all(jnp.isfinite(x), axis=axes)
         measure = jnp.where(checked, measure, jnp.inf)
         hist = state["history"].at[k - 1].set(
-            jnp.where(checked, measure, jnp.nan).astype(jnp.float32))
+            jnp.where(checked, jnp.max(measure), jnp.nan).astype(jnp.float32))
         better = (measure < state["best_measure"]) & finite
-        pick = lambda new, old: jnp.where(better, new, old)
         result = jnp.where(
             ~finite,
             Result.NONFINITE,
@@ -82,6 +90,8 @@ class _Base:
         ).astype(jnp.int32)
         state = dict(state, x=x, fx=fx, history=hist, rel=rel, row=row, result=result)
         if self.return_best:
+            pick = lambda new, old: jnp.where(
+                better.reshape(better.shape + (1,) * (new.ndim - 1)), new, old)
             state.update(
                 best_x=pick(x, state["best_x"]),
                 best_fx=pick(fx, state["best_fx"]),
@@ -93,26 +103,43 @@ class _Base:
 
     def _start(self, fn, X0, args, row_scale):
         fx = fn(X0, args)
-        inf = jnp.asarray(jnp.inf, jnp.float32)
+        B = X0.shape[0]
+        rel, row = residuals(X0, fx, row_scale)
         state = dict(
             evals=jnp.asarray(1, jnp.int32),
+            image_evals=jnp.ones((B,), jnp.int32),
             history=jnp.full((self.max_steps,), jnp.nan, jnp.float32),
-            best_measure=inf,
+            best_measure=jnp.full((B,), jnp.inf, rel.dtype),
         )
         if self.return_best:
-            rel, row = residuals(X0, fx, row_scale)
             state.update(best_x=X0, best_fx=fx, best_rel=rel, best_row=row)
         return self._bookkeep(state, X0, fx, row_scale, self._checked(1))
 
     def _checked(self, evals):
         return evals > self.warmup
 
+    def _stopped(self, state):
+        """(B,) problems that have stopped (converged or non-finite)."""
+        return state["result"] != Result.MAX_STEPS
+
+    def _advance(self, fn, state, x_new, args, row_scale, **history):
+        """Evaluate the map at ``x_new`` and book it; stopped problems keep their state."""
+        stopped = self._stopped(state)
+        fx = fn(x_new, args)
+        state = dict(state, evals=state["evals"] + 1,
+                     image_evals=state["image_evals"] + (~stopped).astype(jnp.int32),
+                     **history)
+        new = self._bookkeep(state, x_new, fx, row_scale, self._checked(state["evals"]))
+        keep = lambda a, b: jnp.where(stopped.reshape(stopped.shape + (1,) * (a.ndim - 1)), a, b)
+        per_problem = ("x", "fx", "rel", "row", "result", "best_x", "best_fx", "best_rel",
+                       "best_row", "best_measure")
+        return dict(new, **{k: keep(state[k], new[k]) for k in per_problem if k in state})
+
     def done(self, state):
-        stop = (state["result"] != Result.MAX_STEPS) | (state["evals"] >= self.max_steps)
-        return stop
+        return jnp.all(self._stopped(state)) | (state["evals"] >= self.max_steps)
 
     def finish(self, state):
-        """(value, result, rel, row) from the final loop state."""
+        """(value, result (B,), rel, row) from the final loop state."""
         if self.return_best:
             value = state["best_fx"] if self.return_map_value else state["best_x"]
             # A non-finite stop still reports NONFINITE, with the best finite iterate as value.
@@ -152,9 +179,7 @@ class Picard(_Base):
 
     def step(self, fn, state, args, row_scale=None):
         x = state["x"] + self.damping * (state["fx"] - state["x"])
-        fx = fn(x, args)
-        state = dict(state, evals=state["evals"] + 1)
-        return self._bookkeep(state, x, fx, row_scale, self._checked(state["evals"]))
+        return self._advance(fn, state, x, args, row_scale)
 
 
 @_static_dataclass
@@ -169,7 +194,10 @@ class Anderson(_Base):
     Attributes:
         m: history size. lam: ridge λ. beta: mixing β. tol, max_steps (map evaluations), stop.
         mixing: ``"per_row"`` solves α separately for every (problem, row) as the official
-            code (rows = timesteps); ``"per_image"`` one α per problem.
+            code (rows = timesteps); ``"per_image"`` one α per problem; ``"triangular"``
+            (ParaTAA's triangular Anderson, Tang et al. ICML 2024) one α per row that
+            minimises the residuals of that row and all rows before it, so row r's update
+            reads only rows ≤ r, as the triangular Jacobian of a causal map does.
         return_best: return the lowest-residual iterate instead of the last one.
         return_map_value: return ``F(X)`` of that iterate (one free extra Picard step, still an
             affine combination of map outputs, so ``A x̂ = y`` holds) instead of ``X``.
@@ -200,7 +228,7 @@ class Anderson(_Base):
     tol: float = 1e-4
     max_steps: int = 50
     stop: Literal["relative", "per_row"] = "relative"
-    mixing: Literal["per_row", "per_image"] = "per_row"
+    mixing: Literal["per_row", "per_image", "triangular"] = "per_row"
     warmup: int = 2
     return_best: bool = True
     return_map_value: bool = True
@@ -215,8 +243,8 @@ class Anderson(_Base):
             raise ValueError(f"settle_tol must be >= 0 or None, got {self.settle_tol}")
         if self.m < 1:
             raise ValueError(f"m must be >= 1, got {self.m}")
-        if self.mixing not in ("per_row", "per_image"):
-            raise ValueError(f"mixing must be 'per_row' or 'per_image', got {self.mixing!r}")
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {self.mixing!r}")
         if not 0 < self.beta <= 1:
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
         if self.warmup < 1:
@@ -243,7 +271,7 @@ class Anderson(_Base):
     def _subscripts(self):
         # History is viewed as (m, B, R, D) without merging B and R, so a row axis sharded over
         # devices stays sharded (no all-gather of the history).
-        return ("jbrd,kbrd->brjk", "brj,jbrd->brd") if self.mixing == "per_row" else (
+        return ("jbrd,kbrd->brjk", "brj,jbrd->brd") if self.mixing != "per_image" else (
             "jbrd,kbrd->bjk", "bj,jbrd->brd")
 
     def _weights(self, state):
@@ -253,6 +281,10 @@ class Anderson(_Base):
         dt = jnp.float32 if x.dtype == jnp.bfloat16 else x.dtype
         G = (state["F_hist"] - state["X_hist"]).reshape((self.m,) + x.shape[:2] + (-1,))
         gram = jnp.einsum(self._subscripts()[0], G.astype(dt), G.astype(dt))
+        if self.mixing == "triangular":
+            # Row r's weights minimise the residuals of rows 1..r together (ParaTAA): the rows
+            # that row r depends on, and never a row after it.
+            gram = jnp.cumsum(gram, axis=1)
         valid = (jnp.arange(self.m) < jnp.minimum(k, self.m)).astype(dt)
         vv = valid[:, None] * valid[None, :]
         eye = jnp.eye(self.m, dtype=dt)
@@ -298,12 +330,7 @@ class Anderson(_Base):
             plain_rows = jnp.concatenate([jnp.ones_like(prefix[:, :1]), prefix[:, :-1]], 1)
             plain_rows = plain_rows.reshape(plain_rows.shape + (1,) * (x.ndim - 2))
             x_new = jnp.where(plain_rows > 0, state["fx"], x_new)
-        fx = fn(x_new, args)
         slot = state["evals"] % self.m
-        state = dict(
-            state,
-            evals=state["evals"] + 1,
-            X_hist=state["X_hist"].at[slot].set(x_new),
-            F_hist=state["F_hist"].at[slot].set(fx),
-        )
-        return self._bookkeep(state, x_new, fx, row_scale, self._checked(state["evals"]))
+        state = self._advance(fn, state, x_new, args, row_scale)
+        return dict(state, X_hist=state["X_hist"].at[slot].set(state["x"]),
+                    F_hist=state["F_hist"].at[slot].set(state["fx"]))

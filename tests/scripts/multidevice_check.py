@@ -73,5 +73,5 @@ for g in gathers:
     if m:
         sizes.append(int(np.prod([int(s) for s in m.group(1).split(",") if s] or [1])))
 print(json.dumps(dict(results=out, gathers=gathers, gather_sizes=sizes, traj_elems=traj_elems,
-                      traj_rows=int(X0.shape[0] * X0.shape[1]),
+                      traj_rows=int(X0.shape[0] * X0.shape[1]), history=solver.m,
                       collective_permutes=hlo.count("collective-permute"))))
