@@ -1,6 +1,6 @@
 """Fixed-point solvers with result codes and implicit gradients (ALGORITHM.md §4-5)."""
 
-from .fixed_point import Implicit, Phantom, Unrolled, fixed_point
+from .fixed_point import Implicit, Phantom, RowScan, Unrolled, fixed_point
 from .solution import Result, Solution, Stats
 from .solvers import Anderson, Picard, residuals
 
@@ -10,6 +10,7 @@ __all__ = [
     "Phantom",
     "Picard",
     "Result",
+    "RowScan",
     "Solution",
     "Stats",
     "Unrolled",
