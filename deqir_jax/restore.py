@@ -16,6 +16,7 @@ from .diffusion import (
     DEQMap,
     Problem,
     SlidingWindow,
+    coarse_trajectory,
     initial_trajectory,
     sequential_sample,
     step_coefficients,
@@ -23,7 +24,32 @@ from .diffusion import (
 )
 from .solve import Anderson, Picard, Result, Solution, fixed_point
 
-METHODS = ("sequential", "anderson", "picard")
+METHODS = ("auto", "sequential", "anderson", "picard")
+
+#: The default parallel solver of ``method="anderson"`` (without ``faithful``): triangular
+#: Anderson (ParaTAA) on the official full-order system (``DEFAULT_ORDER = None``) with the
+#: per-row noise-scaled stop (tolerance ``DEFAULT_TOL``). Chosen from the depth benchmark,
+#: ``experiments/results/bench_depth.md``: the order-2 system reaches sequential quality in
+#: fewer rounds at T = 25 but stalls near 27 dB from the sequential x̂ at T = 100 with a
+#: residual under the tolerance, so it is one flag away (``order=2``), not the default.
+DEFAULT_ORDER = None
+DEFAULT_TOL = 1.0
+
+
+def resolve_method(method: str) -> tuple[str, str]:
+    """``(method, reason)``: ``"auto"`` becomes ``"sequential"`` on a CPU, where one batched call
+    of T network rows costs about T single-row calls (so no parallel solve can be faster), and
+    ``"anderson"`` on accelerators, where the T rows of one call run side by side."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method != "auto":
+        return method, "asked for"
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return "sequential", ("auto on a CPU: a batched call of T network rows costs about T "
+                              "single-row calls, so the parallel solve cannot be faster")
+    return "anderson", (f"auto on {backend}: the T rows of one batched network call run side "
+                        "by side, so each parallel round costs about one sequential step")
 
 
 class SolverError(RuntimeError):
@@ -37,8 +63,11 @@ class Restoration:
     Attributes:
         image: (B, H, W, C) restored images in [-1, 1] (not clipped).
         apy: (B, H, W, C) ``A⁺y`` (zeros without an operator).
-        stats: plain-Python summary: ``method``, ``timesteps``, ``iterations`` (parallel map
-            evaluations; T for sequential), ``nfe`` (network evaluations per image),
+        stats: plain-Python summary: ``method`` (the one that ran), ``method_reason``,
+            ``timesteps``, ``iterations`` (parallel map evaluations; T for sequential),
+            ``nfe`` (network evaluations per image), ``depth`` (per image: sequential network
+            rounds, i.e. parallel map evaluations until that image stopped plus the coarse
+            pass's steps; T for sequential),
             ``converged``, ``result``, ``residual`` (per image), ``residual_history``.
         solution: the :class:`~deqir_jax.solve.Solution` (None for sequential).
         trajectory: (B, T, H, W, C) all states, when asked for.
@@ -76,13 +105,19 @@ def _as_key(key):
     return key
 
 
+def _traced(*trees) -> bool:
+    """Whether any leaf is a tracer (the call runs inside jit, vmap, grad, ...)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
 def _check_array(name: str, a, shape=None):
     a = jnp.asarray(a)
     if not jnp.issubdtype(a.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
     if shape is not None and tuple(a.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
-    if not bool(jnp.all(jnp.isfinite(a))):
+    # (numpy, not jnp: inside a jit trace even a constant's jnp reduction is a tracer)
+    if not _traced(a) and not np.all(np.isfinite(np.asarray(a))):
         raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
     return a
 
@@ -164,6 +199,11 @@ def _sequential(eps, problem, return_trajectory=False):
     return sequential_sample(eps, problem, return_trajectory=return_trajectory)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _coarse(eps, problem, steps):
+    return coarse_trajectory(eps, problem, steps)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _parallel(deq_map, solver, X0, problem, row_scale):
     if isinstance(solver, SlidingWindow):
@@ -174,7 +214,12 @@ def _parallel(deq_map, solver, X0, problem, row_scale):
 def make_solver(method: str, timesteps: int, solver=None, faithful: bool = False, **options):
     """The solver for ``method``: an explicit ``solver`` wins; else ``Anderson.faithful()``
     (official settings) or ``Anderson``/``Picard`` with ``options``. Picard's default step limit
-    is T + 1, where it is exact; Anderson's is max(2T, 15) with tolerance 1e-4."""
+    is T + 1, where it is exact. Anderson's defaults: triangular mixing; the per-row stop
+    ``‖F(X)_r − X_r‖/(√D σ_r) ≤ 1`` with σ_r = √(1−ā) at the row's input time (ParaDiGMS's
+    rule; on the last row σ = 0.01, so its RMS change is ≤ 0.01, about 46 dB), the tolerance
+    calibrated on the depth benchmark to stop ≥ 40 dB from the sequential x̂; rows count as
+    settled for the causal rule only when exactly fixed (``settle_tol=0``), which keeps the
+    solve exact within T + 2 evaluations."""
     if solver is not None:
         if isinstance(solver, SlidingWindow) and method != "picard":
             raise ValueError("a SlidingWindow solver is a windowed Picard: use method='picard'")
@@ -182,7 +227,11 @@ def make_solver(method: str, timesteps: int, solver=None, faithful: bool = False
     if method == "anderson":
         if faithful:
             return Anderson.faithful(**options)
-        options.setdefault("max_steps", max(2 * timesteps, 15))
+        options.setdefault("max_steps", timesteps + 2)
+        options.setdefault("mixing", "triangular")
+        options.setdefault("stop", "per_row")
+        options.setdefault("tol", DEFAULT_TOL)
+        options.setdefault("settle_tol", 0.0)
         return Anderson(**options)
     if method == "picard":
         options.setdefault("max_steps", timesteps + 1)
@@ -195,7 +244,7 @@ def restore(
     y,
     op,
     timesteps: int = 25,
-    method: str = "anderson",
+    method: str = "auto",
     *,
     key=None,
     x_T=None,
@@ -212,6 +261,8 @@ def restore(
     solver: Any = None,
     faithful: bool = False,
     chunk_size: int | None = None,
+    order: int | None | str = "default",
+    coarse: int = 0,
     mesh=None,
     on_max_steps: str = "warn",
     return_trajectory: bool = False,
@@ -228,7 +279,9 @@ def restore(
         op: operator from ``dq.operators.get``; None for unconditional DDIM (DEQ-DDIM).
         timesteps: T sampling steps (official uniform skip).
         method: ``"sequential"`` (T network calls in a lax.scan), ``"anderson"`` or
-            ``"picard"`` (the DEQ fixed point, one batched call of T rows per iteration).
+            ``"picard"`` (the DEQ fixed point, one batched call of T rows per iteration), or
+            ``"auto"`` (default): sequential on a CPU, anderson on a GPU/TPU (see
+            :func:`resolve_method`; ``stats["method_reason"]`` says which ran and why).
         key: PRNG key or int seed for x_T and the noise; explicit ``x_T``/``noise`` override it.
         nw, etw: DeqIR's noise and ε weights (official example: nw 0, etw 0.1).
         sigma_y: measurement noise std in [0, 1] pixel units (used by ``noise_aware``).
@@ -238,6 +291,13 @@ def restore(
             ``SlidingWindow(window=W)`` (ParaDiGMS); ``faithful=True`` selects the
             official Anderson settings; other keyword options go to the solver.
         chunk_size: network rows per call (bounds memory for long trajectories).
+        order: the order of the fixed-point system (:class:`~deqir_jax.diffusion.DEQMap`):
+            None is the official full-order map, k a row k DDNM steps from row r−k.
+            ``"default"``: ``DEFAULT_ORDER`` for ``method="anderson"`` without ``faithful``,
+            the full order otherwise.
+        coarse: start the parallel solve from a sequential pass of this many steps spread
+            onto the T rows (:func:`~deqir_jax.diffusion.coarse_trajectory`; 0: every row
+            x_T, the official start). Its steps count in ``stats["depth"]``.
         mesh: a ``jax.sharding.Mesh`` (``dq.parallel.make_mesh()``) to split the timestep
             axis over its devices; T must be divisible by the device count.
         on_max_steps: ``"warn"``, ``"raise"`` or ``"ignore"`` when the step limit is hit.
@@ -266,8 +326,7 @@ def restore(
             y = jnp.repeat(y, samples, axis=0)
         elif x_T is None:
             batch = (1 if batch is None else batch) * samples
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    method, reason = resolve_method(method)
     if on_max_steps not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_max_steps must be 'warn', 'raise' or 'ignore', got {on_max_steps!r}")
     problem = make_problem(
@@ -283,23 +342,35 @@ def restore(
             raise TypeError("solver options do not apply to method='sequential'")
         out = _sequential(eps, problem, return_trajectory=return_trajectory)
         image, traj = out if return_trajectory else (out, None)
-        if not bool(jnp.all(jnp.isfinite(image))):
+        if not _traced(image) and not bool(jnp.all(jnp.isfinite(image))):
             raise SolverError("the sequential sampler produced non-finite values")
-        stats = dict(method=method, timesteps=T, iterations=T, nfe=T, converged=True,
-                     result="sequential", residual=None, residual_history=[])
+        if order != "default" or coarse:
+            raise TypeError("order and coarse apply to the parallel methods, not sequential")
+        stats = dict(method=method, method_reason=reason, timesteps=T, iterations=T, nfe=T,
+                     depth=[T] * image.shape[0], converged=True, result="sequential",
+                     residual=None, residual_history=[])
         return _per_image(
             Restoration(image, apy, stats, None, traj, problem.x_T, problem.noise), samples)
 
     solver = make_solver(method, T, solver, faithful, **solver_options)
-    X0 = initial_trajectory(problem)
+    if order == "default":
+        order = DEFAULT_ORDER if method == "anderson" and not faithful and not isinstance(
+            solver, SlidingWindow) else None
+    if order is not None and (isinstance(order, bool) or not isinstance(order, (int, np.integer))
+                              or order < 1):
+        raise ValueError(f"order must be a positive integer or None (full order), got {order!r}")
+    if isinstance(coarse, bool) or not isinstance(coarse, (int, np.integer)) or not (
+            0 <= coarse <= T):
+        raise ValueError(f"coarse must be an integer in [0, T={T}], got {coarse!r}")
+    X0 = _coarse(eps, problem, int(coarse)) if coarse else initial_trajectory(problem)
     if mesh is None:
-        deq_map = DEQMap(eps, chunk_size=chunk_size)
+        deq_map = DEQMap(eps, chunk_size=chunk_size, order=order)
     elif isinstance(solver, SlidingWindow):
         raise ValueError("the sliding window runs on one device; drop mesh= or the window")
     else:
         from .parallel import ShardedDEQMap, shard_trajectory
 
-        deq_map = ShardedDEQMap(eps, mesh, chunk_size=chunk_size)
+        deq_map = ShardedDEQMap(eps, mesh, chunk_size=chunk_size, order=order)
         if T % mesh.shape[deq_map.axis_name]:
             raise ValueError(
                 f"timesteps T={T} must be divisible by the {mesh.shape[deq_map.axis_name]} "
@@ -314,13 +385,31 @@ def restore(
             lambda a: jax.device_put(a, rep) if isinstance(a, jax.Array) else a, problem)
     row_scale = jnp.asarray(problem.coeffs.sqrt_1ma, dtype)
     sol = _parallel(deq_map, solver, X0, problem, row_scale)
+    image = sol.value[:, -1]
+    traj = sol.value if return_trajectory else None
+    if _traced(sol):
+        # Inside a transformation (jit, vmap, grad): no host-side checks; the stats stay arrays
+        # (per-image result codes in "result": 0 converged, 1 step limit, 2 non-finite).
+        stats = dict(method=method, method_reason=reason, timesteps=T,
+                     iterations=sol.stats.map_evals, nfe=sol.stats.row_evals + int(coarse),
+                     depth=sol.stats.image_steps + int(coarse),
+                     converged=sol.stats.image_result == Result.CONVERGED,
+                     result=sol.stats.image_result, residual=sol.stats.residual,
+                     residual_history=sol.stats.residual_history)
+        return _per_image(Restoration(image, apy, stats, sol, traj, problem.x_T,
+                                      problem.noise), samples)
     result = Result(int(sol.result))
     hist = np.asarray(sol.stats.residual_history)
+    steps = sol.stats.image_steps
+    steps = np.full(problem.x_T.shape[0], int(sol.stats.map_evals)) if steps is None else (
+        np.asarray(steps))
     stats = dict(
         method=method,
+        method_reason=reason,
         timesteps=T,
         iterations=int(sol.stats.map_evals),
-        nfe=int(sol.stats.row_evals),
+        nfe=int(sol.stats.row_evals) + int(coarse),
+        depth=(steps + int(coarse)).tolist(),
         converged=result == Result.CONVERGED,
         result=result.name.lower(),
         residual=np.asarray(sol.stats.residual).tolist(),
@@ -339,8 +428,6 @@ def restore(
         if on_max_steps == "raise":
             raise SolverError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
-    image = sol.value[:, -1]
-    traj = sol.value if return_trajectory else None
     return _per_image(Restoration(image, apy, stats, sol, traj, problem.x_T, problem.noise),
                       samples)
 

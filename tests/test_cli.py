@@ -148,20 +148,36 @@ def test_measured_inpainting_with_mask_file(capsys, tmp_path, model_dir):
     assert code == 2 and "--mask" in err
 
 
-def test_anderson_default_method_and_solver_failure(capsys, tmp_path, model_dir, inputs):
+def test_auto_method_on_cpu(capsys, tmp_path, model_dir, inputs):
+    """No method flag: auto picks sequential on this CPU, says so, and refuses solver flags
+    that would then be ignored."""
+    argv = ["restore", inputs / "clean.png", "--task", "inpainting", "--model", model_dir,
+            "--timesteps", "4", "--no-lpips"]
+    code, stdout, err = run(capsys, *argv, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert "method: sequential (auto on a CPU" in stdout
+    (row,) = read_csv(tmp_path / "out" / "metrics.csv")
+    assert row["method"] == "sequential" and row["depth"] == "4" and row["nfe"] == "4"
+    code, _, err = run(capsys, *argv, "-o", tmp_path / "o2", "--coarse", "2")
+    assert code == 2 and "--method auto chose sequential" in err
+
+
+def test_anderson_method_and_solver_failure(capsys, tmp_path, model_dir, inputs):
     # 3 map evaluations < T + 1 = 5: the last row cannot be right yet (its inputs are not),
     # and tol 1e-12 asks for the fixed point itself: the solver runs to its step limit
     argv = ["restore", inputs / "clean.png", "--task", "inpainting", "--model", model_dir,
-            "--timesteps", "4", "--max-anderson-iters", "3", "--tol", "1e-12", "--no-lpips"]
+            "--timesteps", "4", "--max-anderson-iters", "3", "--tol", "1e-12", "--no-lpips",
+            "--method", "anderson"]
     out = tmp_path / "out"
     code, stdout, err = run(capsys, *argv, "-o", out)
     assert code == 0, err  # not converging is a warning, the outputs are written
     assert "reached its step limit" in err and "NOT converged" in stdout
     (row,) = read_csv(out / "metrics.csv")
     assert row["converged"] == "false" and int(row["iterations"]) == 3
-    assert int(row["nfe"]) == 4 * 3  # T rows per map evaluation
+    assert int(row["nfe"]) == 4 * 3 and int(row["depth"]) == 3  # T rows per map evaluation
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["sampler"]["method"] == "anderson"  # the default
+    assert summary["sampler"]["method"] == "anderson"
+    assert summary["sampler"]["solver"]["mixing"] == "triangular"  # the default solver
     assert summary["sampler"]["solver"]["max_steps"] == 3
     # --strict makes it a solver failure: exit code 1, one message, tables still written
     out = tmp_path / "strict"

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from PIL import Image
 
@@ -57,9 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="side of the square sample image in pixels (default: %(default)s)")
     p.add_argument("--image", metavar="PATH", help="use this image (centre-cropped to a "
                    "square) instead of the bundled sample photograph")
-    add_sampling_arguments(p, DEFAULT_TIMESTEPS, method="auto", method_help=(
-        "; auto = anderson on a GPU/TPU, sequential on a CPU, whose cores gain nothing from "
-        "evaluating the timesteps as one batch"))
+    add_sampling_arguments(p, DEFAULT_TIMESTEPS)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -129,12 +126,8 @@ def run(args) -> int:
     tasks = _tasks(args.tasks)
     if not 8 <= args.size <= 1024:
         raise UsageError(f"--size must be between 8 and 1024 pixels, got {args.size}")
-    if args.method == "auto":
-        args.method = "sequential" if jax.default_backend() == "cpu" else "anderson"
-        if args.method == "sequential":
-            note("CPU backend: sequential sampling (the DEQ fixed point is the same trajectory; "
-                 "--method anderson solves it in parallel, which pays off on a GPU/TPU)")
     cfg = run_config(args, lpips=not args.no_lpips)
+    note(f"method: {cfg.method} ({cfg.method_reason})")
     outdir = Path(args.outdir)
     check_outdir(outdir)
     paths = {"original": outdir / "original.png", "grid": outdir / "demo_grid.png",

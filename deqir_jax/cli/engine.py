@@ -22,8 +22,8 @@ from .tasks import TaskSpec, y_picture
 COLUMNS = (
     "name", "task", "mode", "height", "width",
     "psnr_apy", "ssim_apy", "lpips_apy", "psnr", "ssim", "lpips",
-    "consistency", "consistency_rms", "iterations", "nfe", "converged", "residual", "seconds",
-    "input",
+    "consistency", "consistency_rms", "method", "iterations", "depth", "nfe", "converged",
+    "residual", "seconds", "input",
 )
 #: Grid cells are enlarged (nearest neighbour) to about this many pixels for readable labels.
 GRID_CELL = 128
@@ -48,6 +48,9 @@ class RunConfig:
     seed: int = 0
     lpips: bool = True
     samples: int = 1
+    order: int | None = None
+    coarse: int = 0
+    method_reason: str = "asked for"
 
     def describe(self) -> dict:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "solver"}
@@ -119,7 +122,7 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
         on_max_steps="raise" if cfg.strict else "ignore", samples=cfg.samples,
     )
     if cfg.method != "sequential":
-        kwargs["solver"] = cfg.solver
+        kwargs.update(solver=cfg.solver, order=cfg.order, coarse=cfg.coarse)
     t0 = time.perf_counter()
     try:
         res = restore(model, y, op, **kwargs)
@@ -143,7 +146,9 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
         row = _base_row(job)
         row.update(
             consistency=float(cons.l2[i]), consistency_rms=float(cons.rms[i]),
-            iterations=int(stats["iterations"]), nfe=int(stats["nfe"]),
+            method=stats["method"], iterations=int(stats["iterations"]),
+            depth=int(max(stats["depth"][i * cfg.samples:(i + 1) * cfg.samples])),
+            nfe=int(stats["nfe"]),
             converged=bool(stats["converged"]),
             residual=None if residual is None else float(
                 np.max(np.ravel(residual)[i * cfg.samples:(i + 1) * cfg.samples])),

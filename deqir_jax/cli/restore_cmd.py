@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import list_images, read_image
-from ..restore import METHODS, make_solver
+from ..restore import DEFAULT_ORDER, METHODS, make_solver, resolve_method
 from . import engine
 from .common import (
     EXIT_FAILURE,
@@ -47,16 +47,15 @@ from .tasks import (
 DEFAULT_TIMESTEPS = 25
 
 
-def add_sampling_arguments(p: argparse.ArgumentParser, timesteps: int,
-                           method: str = "anderson", method_help: str = "") -> None:
+def add_sampling_arguments(p: argparse.ArgumentParser, timesteps: int) -> None:
     """Model, sampler and solver flags (shared by ``restore`` and ``demo``)."""
     g = p.add_argument_group("model and sampler")
     g.add_argument("--model", metavar="PATH", help="model checkpoint directory (default: the "
                    "embedded default model)")
-    choices = METHODS if method in METHODS else METHODS + (method,)
-    g.add_argument("--method", choices=choices, default=method,
+    g.add_argument("--method", choices=METHODS, default="auto",
                    help="sequential sampling or the DEQ fixed point solved by Picard or "
-                   f"Anderson iteration (default: %(default)s{method_help})")
+                   "Anderson iteration (default: auto = sequential on a CPU, where a batched "
+                   "call of T network rows costs about T single calls, anderson on a GPU/TPU)")
     g.add_argument("--timesteps", type=int, default=timesteps, metavar="T",
                    help="sampling steps T (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed of x_T, the sampling noise, the "
@@ -84,6 +83,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser, timesteps: int,
                    "(default 1.0)")
     s.add_argument("--faithful", action="store_true", help="the official DeqIR Anderson "
                    "settings (m 5, tol 1e-3, 15 evaluations, last iterate, no guard)")
+    s.add_argument("--order", type=int, metavar="K", help="order of the fixed-point system: "
+                   "each row K steps from row r-K (default: the full-order official map)")
+    s.add_argument("--coarse", type=int, default=0, metavar="N", help="start the parallel "
+                   "solve from an N-step sequential pass spread onto the T rows (counts in "
+                   "the depth; default: 0, every row x_T)")
     s.add_argument("--strict", action="store_true", help="treat a solve that reaches its step "
                    "limit as a failure (exit code 1) instead of a warning")
 
@@ -113,16 +117,24 @@ def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
     _check_range("--tol", args.tol, 0.0, lo_open=True)
     _check_range("--lam", args.lam, 0.0)
     _check_range("--anderson-beta", args.beta, 0.0, 1.0, lo_open=True)
+    _check_range("--order", args.order, 1)
+    _check_range("--coarse", args.coarse, 0, args.timesteps)
     options = {k: getattr(args, k) for k in ("m", "max_steps", "tol", "lam", "beta")
                if getattr(args, k) is not None}
     solver = None
-    if args.method == "sequential":
-        flags = [f for f, on in (("--faithful", args.faithful), ("--strict", args.strict))
-                 if on] + [f"--{k.replace('_', '-')}" for k in options]
+    method, reason = resolve_method(args.method)
+    if method == "sequential":
+        flags = [f for f, on in (("--faithful", args.faithful), ("--strict", args.strict),
+                                 ("--order", args.order is not None),
+                                 ("--coarse", args.coarse > 0)) if on]
+        flags += [f"--{k.replace('_', '-')}" for k in options]
+        if flags and args.method == "auto":
+            raise UsageError(f"{flags[0]} is a parallel-solver option, and --method auto "
+                             f"chose sequential ({reason}); pass --method anderson or picard")
         if flags:
             raise UsageError(f"{flags[0]} does not apply to --method sequential")
     else:
-        if args.method == "picard":
+        if method == "picard":
             for k in ("m", "lam", "beta"):
                 if k in options:
                     raise UsageError(f"--{'anderson-beta' if k == 'beta' else k} only applies "
@@ -131,11 +143,15 @@ def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
                 raise UsageError("--faithful selects the official Anderson settings; use it "
                                  "with --method anderson")
         try:
-            solver = make_solver(args.method, args.timesteps, None, args.faithful, **options)
+            solver = make_solver(method, args.timesteps, None, args.faithful, **options)
         except (ValueError, TypeError) as err:
             raise UsageError(f"solver options: {err}") from None
+    order = args.order
+    if order is None and method == "anderson" and not args.faithful:
+        order = DEFAULT_ORDER
     return engine.RunConfig(
-        timesteps=args.timesteps, method=args.method, solver=solver, nw=args.nw, etw=args.etw,
+        timesteps=args.timesteps, method=method, method_reason=reason, solver=solver,
+        order=order, coarse=args.coarse, nw=args.nw, etw=args.etw,
         sigma_y=sigma_y, noise_aware=noise_aware, fresh_noise=args.fresh_noise,
         chunk_size=args.chunk_size, strict=args.strict, seed=args.seed, lpips=lpips,
         samples=args.samples)
@@ -170,9 +186,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ratio", type=float, help="CS sampling ratio in (0, 1] (default 0.5)")
     t.add_argument("--faithful-operators", action="store_true",
                    help="the official PyTorch operators (quirks included)")
-    add_sampling_arguments(p, DEFAULT_TIMESTEPS, method_help=(
-        "; on a CPU, sequential is usually faster: each DEQ iteration evaluates all T "
-        "timesteps"))
+    add_sampling_arguments(p, DEFAULT_TIMESTEPS)
     o = p.add_argument_group("output")
     o.add_argument("--batch-size", type=int, default=1, help="images per restore call; "
                    "images of the same size are batched (default: 1)")
@@ -195,6 +209,7 @@ def run(args) -> int:
         raise UsageError("--noise-aware needs --sigma-y > 0")
     cfg = run_config(args, sigma_y=args.sigma_y, noise_aware=args.noise_aware,
                      lpips=not args.no_lpips)
+    say(f"method: {cfg.method} ({cfg.method_reason})", args.quiet)
     try:
         paths = list_images(args.inputs)
     except ValueError as err:
@@ -307,7 +322,8 @@ def _line(row: dict) -> str:
                      + (f", LPIPS {fmt_metric(row['lpips'], 3)}" if row.get("lpips") is not None
                         else "") + ";")
     parts.append(f"|Ax-y| {row['consistency']:.2g};")
-    parts.append(f"{row['iterations']} iters, {row['nfe']} NFE,")
+    parts.append(f"{row['method']}: {row['iterations']} iters, depth {row['depth']}, "
+                 f"{row['nfe']} NFE,")
     parts.append("converged," if row["converged"] else "NOT converged,")
     parts.append(f"{row['seconds']:.1f} s")
     return " ".join(parts)
