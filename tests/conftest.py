@@ -8,6 +8,9 @@ import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+# In-process CLI tests leave the user's persistent compilation cache alone (test_cli checks the
+# cache itself in subprocesses with a folder of its own).
+os.environ.setdefault("DEQIR_COMPILE_CACHE", "off")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEQIR_SHARED", ROOT.parent / "shared"))

@@ -360,3 +360,32 @@ def test_usage_errors_from_argparse(capsys):
     assert code == 2 and "required" in err
     assert run(capsys, "frobnicate")[0] == 2
     assert run(capsys, "--help")[0] == 0
+
+
+def test_persistent_compile_cache_second_run_compiles_nothing(tmp_path, model_dir, inputs):
+    """Two fresh processes on the same shapes: the first fills the cache folder, the second
+    finds every program there (no new entry)."""
+    import os
+
+    cache = tmp_path / "cache"
+    env = dict(os.environ)
+    env.pop("DEQIR_COMPILE_CACHE", None)
+
+    def restore(out):
+        cmd = [sys.executable, "-m", "deqir_jax.cli", "restore", str(inputs / "clean.png"),
+               "--task", "sr", "--scale", "2", "--model", model_dir, *FAST, "-o",
+               str(tmp_path / out), "--compile-cache", str(cache)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return sorted(p.name for p in cache.rglob("*") if p.is_file())
+
+    first = restore("a")
+    assert first, "nothing was cached"
+    assert restore("b") == first
+    # and off means off
+    cmd = [sys.executable, "-m", "deqir_jax.cli", "restore", str(inputs / "clean.png"),
+           "--task", "sr", "--scale", "2", "--model", model_dir, *FAST, "-o",
+           str(tmp_path / "c"), "--no-compile-cache"]
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
+    assert not (tmp_path / "xdg").exists()

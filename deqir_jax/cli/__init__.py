@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="show Python tracebacks for errors")
+    common.add_argument("--compile-cache", metavar="DIR", help="JAX's persistent compilation "
+                        "cache folder, so a later run of the same shapes skips compilation "
+                        f"(default: ${CACHE_ENV} or {default_cache_dir()}; 'off' disables it)")
+    common.add_argument("--no-compile-cache", dest="compile_cache", action="store_const",
+                        const="off", help="do not use the persistent compilation cache")
     parser = argparse.ArgumentParser(
         prog="deqir", parents=[common], epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -83,6 +88,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", add_help=False, help="train a diffusion prior (arguments are "
                    "passed to deqir_jax.train; 'deqir train --help' lists them)")
     return parser
+
+
+#: Environment variable naming the compilation cache folder ("off" disables it).
+CACHE_ENV = "DEQIR_COMPILE_CACHE"
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/deqir_jax/jax`` (``~/.cache/deqir_jax/jax`` by default)."""
+    import os
+    from pathlib import Path
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "deqir_jax" / "jax")
+
+
+def enable_compile_cache(path: str | None) -> str | None:
+    """Turn on JAX's persistent compilation cache in ``path`` (None: ``$DEQIR_COMPILE_CACHE``
+    or :func:`default_cache_dir`; ``"off"``: leave it off). Every program is cached, however
+    short its compilation. Returns the folder in use, or None."""
+    import os
+
+    import jax
+
+    path = path or os.environ.get(CACHE_ENV) or default_cache_dir()
+    if path == "off":
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--compile-cache: cannot create {path!r} ({err.strerror})") from None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 def _error(msg: str) -> None:
@@ -135,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or an argparse usage error (already printed)
         return _exit_code(e.code)
     args.argv = ["deqir"] + argv
-    return _guarded(lambda: args.func(args), debug)
+
+    def run():
+        enable_compile_cache(args.compile_cache)
+        return args.func(args)
+
+    return _guarded(run, debug)
 
 
 def _guarded(fn, debug: bool) -> int:
