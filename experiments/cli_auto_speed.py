@@ -65,8 +65,8 @@ def main(argv=None):
     diff = int(np.abs(restored["no method flag"] - restored["--method sequential"]).max())
     lines = header("deqir restore: no method flag vs --method sequential", "cli_auto_speed.py", [
         f"image: {args.image} centre crop {args.size} px; each command in a fresh process "
-        "with --no-compile-cache, so both compile (process_seconds includes start-up and compilation; restore_seconds is the restore "
-        "call, compilation included)",
+        "with --no-compile-cache, so both compile (process_seconds includes start-up and "
+        "compilation; restore_seconds is the restore call, compilation included)",
         f"largest difference between the two restored PNGs: {diff} (8-bit levels)",
         f"machine: {machine()}",
     ]) + table(rows)
