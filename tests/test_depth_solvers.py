@@ -2,15 +2,14 @@
 the order-k system, triangular Anderson, the coarse start, per-image stopping, the default
 ``method="anderson"`` and ``method="auto"``."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_gradients import tiny_adm  # the random ADM of the gradient tests (tests/ on sys.path)
 
 import deqir_jax as dq
-from deqir_jax import models, operators
+from deqir_jax import operators
 from deqir_jax.diffusion import (
     DEQMap,
     coarse_trajectory,
@@ -22,18 +21,6 @@ from deqir_jax.solve import Anderson, Picard, fixed_point
 
 SHAPE = (8, 8, 3)
 T = 8
-
-
-def tiny_adm(seed=0):
-    cfg = models.ADMConfig(image_size=8, model_channels=32, out_channels=3, num_res_blocks=1,
-                           attention_resolutions=(4,), channel_mult=(1, 2), num_heads=1,
-                           num_head_channels=16)
-    model = models.create(cfg, key=seed)
-    leaves, tree = jax.tree_util.tree_flatten(model.params)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [0.2 * jax.random.normal(k, leaf.shape, jnp.float64) for k, leaf in
-              zip(keys, leaves, strict=True)]
-    return dataclasses.replace(model, params=jax.tree_util.tree_unflatten(tree, leaves))
 
 
 @pytest.fixture(scope="module")
