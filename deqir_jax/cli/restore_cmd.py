@@ -74,10 +74,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser, timesteps: int) -> None:
     s = p.add_argument_group("solver (anderson / picard)")
     s.add_argument("--m", type=int, help="Anderson history size (default 5)")
     s.add_argument("--max-anderson-iters", "--max-steps", dest="max_steps", type=int,
-                   metavar="N", help="maximum map evaluations (default: max(2T, 15) for "
-                   "anderson, T+1 for picard; 15 with --faithful)")
-    s.add_argument("--tol", type=float, help="relative residual tolerance (default 1e-4; 1e-3 "
-                   "with --faithful)")
+                   metavar="N", help="maximum map evaluations (default: T+2 for anderson, "
+                   "T+1 for picard; 15 with --faithful)")
+    s.add_argument("--tol", type=float, help="stopping tolerance (default: anderson 1 on the "
+                   "per-row noise-scaled residual; picard 1e-5 relative; 1e-3 relative with "
+                   "--faithful)")
     s.add_argument("--lam", type=float, help="Anderson ridge lambda (default 1e-3)")
     s.add_argument("--anderson-beta", dest="beta", type=float, help="Anderson mixing beta "
                    "(default 1.0)")
