@@ -356,13 +356,7 @@ def restore(
     if order == "default":
         order = DEFAULT_ORDER if method == "anderson" and not faithful and not isinstance(
             solver, SlidingWindow) else None
-    if order is not None and (isinstance(order, bool) or not isinstance(order, (int, np.integer))
-                              or order < 1):
-        raise ValueError(f"order must be a positive integer or None (full order), got {order!r}")
-    if isinstance(coarse, bool) or not isinstance(coarse, (int, np.integer)) or not (
-            0 <= coarse <= T):
-        raise ValueError(f"coarse must be an integer in [0, T={T}], got {coarse!r}")
-    X0 = _coarse(eps, problem, int(coarse)) if coarse else initial_trajectory(problem)
+    X0 = _coarse(eps, problem, coarse) if coarse else initial_trajectory(problem)
     if mesh is None:
         deq_map = DEQMap(eps, chunk_size=chunk_size, order=order)
     elif isinstance(solver, SlidingWindow):
@@ -387,34 +381,25 @@ def restore(
     sol = _parallel(deq_map, solver, X0, problem, row_scale)
     image = sol.value[:, -1]
     traj = sol.value if return_trajectory else None
+    stats = dict(method=method, method_reason=reason, timesteps=T,
+                 iterations=sol.stats.map_evals, nfe=sol.stats.row_evals + coarse,
+                 depth=sol.stats.image_steps + coarse,
+                 converged=sol.stats.image_result == Result.CONVERGED,
+                 result=sol.stats.image_result, residual=sol.stats.residual,
+                 residual_history=sol.stats.residual_history)
     if _traced(sol):
         # Inside a transformation (jit, vmap, grad): no host-side checks; the stats stay arrays
         # (per-image result codes in "result": 0 converged, 1 step limit, 2 non-finite).
-        stats = dict(method=method, method_reason=reason, timesteps=T,
-                     iterations=sol.stats.map_evals, nfe=sol.stats.row_evals + int(coarse),
-                     depth=sol.stats.image_steps + int(coarse),
-                     converged=sol.stats.image_result == Result.CONVERGED,
-                     result=sol.stats.image_result, residual=sol.stats.residual,
-                     residual_history=sol.stats.residual_history)
         return _per_image(Restoration(image, apy, stats, sol, traj, problem.x_T,
                                       problem.noise), samples)
+    # Eagerly: a plain-Python summary (worst result over the batch), warnings and errors.
     result = Result(int(sol.result))
-    hist = np.asarray(sol.stats.residual_history)
-    steps = sol.stats.image_steps
-    steps = np.full(problem.x_T.shape[0], int(sol.stats.map_evals)) if steps is None else (
-        np.asarray(steps))
-    stats = dict(
-        method=method,
-        method_reason=reason,
-        timesteps=T,
-        iterations=int(sol.stats.map_evals),
-        nfe=int(sol.stats.row_evals) + int(coarse),
-        depth=(steps + int(coarse)).tolist(),
-        converged=result == Result.CONVERGED,
-        result=result.name.lower(),
-        residual=np.asarray(sol.stats.residual).tolist(),
-        residual_history=[float(h) for h in hist[~np.isnan(hist)]],
-    )
+    hist = np.asarray(stats["residual_history"])
+    stats.update(iterations=int(stats["iterations"]), nfe=int(stats["nfe"]),
+                 depth=np.asarray(stats["depth"]).tolist(),
+                 converged=result == Result.CONVERGED, result=result.name.lower(),
+                 residual=np.asarray(stats["residual"]).tolist(),
+                 residual_history=[float(h) for h in hist[~np.isnan(hist)]])
     if result == Result.NONFINITE:
         raise SolverError(
             f"{method} solver stopped after {stats['iterations']} map evaluations: "

@@ -11,7 +11,7 @@ import pytest
 
 import deqir_jax as dq
 from deqir_jax.diffusion import GaussianModel
-from deqir_jax.solve import Anderson, Picard
+from deqir_jax.solve import Picard
 
 SHAPE = (8, 8, 3)
 T = 6
@@ -23,6 +23,9 @@ SOLVERS = {
     "anderson": dict(tol=1e-6, stop="relative"),
     # the official solver has no causal rule: it needs more evaluations to get there
     "faithful": dict(faithful=True, max_steps=40, tol=1e-6),
+    # the order-2 system from a 3-step coarse start (X0 depends on x_T, but the solution
+    # does not: the gradient must still be the sequential one)
+    "order2-coarse": dict(order=2, coarse=3, tol=1e-6, stop="relative"),
 }
 
 
@@ -42,7 +45,7 @@ def problem():
 
 
 def _restore(model, y, op, name, **kw):
-    method = "anderson" if name == "faithful" else name
+    method = name if name in ("sequential", "picard") else "anderson"
     return dq.restore(model, y, op, T, method, **KW, **SOLVERS[name], **kw)
 
 
@@ -52,6 +55,8 @@ def test_jit_and_vmap_equal_eager(problem, name):
     eager = _restore(model, y, op, name).image
     assert eager.dtype == jnp.float32
     jitted = jax.jit(lambda yy: _restore(model, yy, op, name).image)(y)
+    # 1e-5: float32 rounding of the closed-form map (its x_T term is scaled by ~100), which
+    # XLA may order differently when the whole call is one program
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5)
     # vmap over images: each image restored alone with the same x_T and noise
     prob = dq.make_problem(model, y, op, timesteps=T, **KW)
@@ -77,7 +82,9 @@ def test_grad_equals_sequential_grad(problem, name):
     got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(*args, name)
     for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got), strict=True):
         rel = float(jnp.linalg.norm(r - g) / jnp.linalg.norm(r))
-        assert rel <= 1e-4, rel  # float32
+        # float32: the solvers stop at relative residual 1e-6 to 1e-7, and the gradient's own
+        # rounding (sums over T rows of ~1e-7 relative errors) is of order 1e-5
+        assert rel <= 1e-4, rel
 
 
 def test_per_image_nonfinite_code_under_jit(problem):
@@ -101,4 +108,3 @@ def test_default_solver_in_float32_stops_and_stays_float32(problem):
     res = dq.restore(model, y, op, T, "anderson", **KW)
     assert res.image.dtype == jnp.float32 and res.solution.value.dtype == jnp.float32
     assert res.stats["converged"] and len(res.stats["depth"]) == 3
-    assert isinstance(make := dq.make_solver("anderson", T), Anderson) and make.tol == 1.0

@@ -23,10 +23,18 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .problem import Problem
-from .samplers import ddnm_step
+from .samplers import chain_step
 from .scan import affine_scan, shard_shift, sharded_affine_scan
+
+
+def check_order(order) -> None:
+    """ValueError unless ``order`` is None (full order) or a positive integer."""
+    if order is not None and (isinstance(order, bool) or not isinstance(order, (int, np.integer))
+                              or order < 1):
+        raise ValueError(f"order must be a positive integer or None (full order), got {order!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +64,7 @@ class DEQMap:
     order: int | None = None
 
     def __post_init__(self):
-        if self.order is not None and int(self.order) < 1:
-            raise ValueError(f"order must be >= 1 or None (full order), got {self.order}")
+        check_order(self.order)
 
     def _shift(self, X, first):
         """``[first, X_1, …, X_{R−1}]``: every row moved one down, ``first`` in front."""
@@ -135,10 +142,10 @@ class DEQMap:
         # (the network inputs); row 1 always starts from x_T itself.
         p_base = problem.project_range(base.astype(dtype))
         u_null, u_range = base.astype(dtype) - p_base, p_base
-        for _ in range(int(self.order)):
+        for k in range(int(self.order)):
             u_null = col(c.decay_null) * u_null + v_null
             u_range = col(c.decay_range) * u_range + v_range
-            if _ < self.order - 1:
+            if k < self.order - 1:
                 u_null = self._shift(u_null, x_T - p_xT)
                 u_range = self._shift(u_range, p_xT)
         return u_null + u_range
@@ -150,12 +157,7 @@ class DEQMap:
 
     def row_step(self, i, x_prev, problem: Problem):
         """Row ``i`` (0-based, traced) as one sequential step from ``x_prev`` (B, H, W, C)."""
-        c = problem.coeffs.astype(x_prev.dtype)
-        c_i = jax.tree_util.tree_map(lambda a: a[i], c)
-        t = jnp.asarray(c.t, jnp.int32)[i]
-        eps = self.eps_fn(problem.params, x_prev, jnp.full((x_prev.shape[0],), t, jnp.int32))
-        return ddnm_step(problem, c_i, x_prev, eps.astype(x_prev.dtype), problem.apy(),
-                         problem.noise_at(i))
+        return chain_step(self.eps_fn, problem, i, x_prev)
 
     def add_input_cotangent(self, g_problem: Problem, g_x0):
         """The cotangent of the chain's start (x_T) added into the problem's cotangent."""

@@ -5,6 +5,7 @@ This is the reference the DEQ fixed point must reproduce: T network calls, one p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -28,6 +29,18 @@ def ddnm_step(problem: Problem, coeffs_i, x, eps, apy, z):
     return c.sqrt_a_next * x0_hat + c.c1 * z + c.c2 * eps
 
 
+def chain_step(eps_fn: EpsFn, problem: Problem, i, x, apy=None):
+    """Step i (0-based, may be traced) of the chain from ``x`` = x_{i}: one network call at
+    τ_{i+1} and one :func:`ddnm_step`, (B, H, W, C). The sequential sampler's loop body; the
+    RowScan adjoint differentiates it row by row."""
+    coeffs = problem.coeffs.astype(x.dtype)
+    c = jax.tree_util.tree_map(lambda a: a[i], coeffs)
+    t = jnp.asarray(coeffs.t, jnp.int32)[i]
+    eps = eps_fn(problem.params, x, jnp.full((x.shape[0],), t, jnp.int32)).astype(x.dtype)
+    apy = problem.apy() if apy is None else apy
+    return ddnm_step(problem, c, x, eps, apy, problem.noise_at(i))
+
+
 def sequential_sample(eps_fn: EpsFn, problem: Problem, *, return_trajectory: bool = False):
     """Run the T steps one after another with ``lax.scan``.
 
@@ -41,17 +54,12 @@ def sequential_sample(eps_fn: EpsFn, problem: Problem, *, return_trajectory: boo
         The restored images x_T-th row, (B, H, W, C), and the trajectory when asked.
     """
     apy = problem.apy()
-    batch = problem.x_T.shape[0]
-    coeffs = problem.coeffs.astype(problem.x_T.dtype)
 
-    def body(x, step):
-        i, t, c = step
-        eps = eps_fn(problem.params, x, jnp.full((batch,), t, jnp.int32)).astype(x.dtype)
-        x_next = ddnm_step(problem, c, x, eps, apy, problem.noise_at(i))
+    def body(x, i):
+        x_next = chain_step(eps_fn, problem, i, x, apy)
         return x_next, (x_next if return_trajectory else None)
 
-    steps = (jnp.arange(problem.num_steps), jnp.asarray(coeffs.t, jnp.int32), coeffs)
-    x, traj = jax.lax.scan(body, problem.x_T, steps)
+    x, traj = jax.lax.scan(body, problem.x_T, jnp.arange(problem.num_steps))
     if return_trajectory:
         return x, jnp.moveaxis(traj, 0, 1)
     return x
@@ -60,8 +68,8 @@ def sequential_sample(eps_fn: EpsFn, problem: Problem, *, return_trajectory: boo
 def coarse_segments(T: int, steps: int):
     """First and last fine row (0-based) of each of the ``steps`` coarse steps: the coarse pass
     steps from the time of row ``starts[j]`` to the time after row ``ends[j]``."""
-    if not 1 <= int(steps) <= T:
-        raise ValueError(f"coarse steps must be in [1, T={T}], got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
+        raise ValueError(f"coarse steps must be an integer in [1, T={T}], got {steps!r}")
     starts = np.floor(np.arange(steps) * T / steps).astype(int)
     ends = np.append(starts[1:] - 1, T - 1)
     return starts, ends
@@ -86,24 +94,29 @@ def coarse_trajectory(eps_fn: EpsFn, problem: Problem, steps: int):
     c = problem.coeffs.astype(dtype)
     apy = problem.apy()
     batch = problem.x_T.shape[0]
-    seg = jax.tree_util.tree_map(lambda a: a[starts], (c.sqrt_a, c.sqrt_1ma))
-    end = jax.tree_util.tree_map(lambda a: a[ends], (c.sqrt_a_next, c.lam))
-    times = jnp.asarray(np.asarray(c.t)[starts], jnp.int32)
+    seg_of = np.repeat(np.arange(len(starts)), ends - starts + 1)  # fine row -> segment
+
+    def jump(rows, segs):
+        """Coefficients of a DDIM jump from the start of segment ``segs`` to the time after
+        fine row ``rows`` (λ of the segment's end, as its coarse step)."""
+        take = lambda a, idx: jnp.asarray(a)[idx]
+        return dataclasses.replace(
+            c, sqrt_a=take(c.sqrt_a, starts[segs]), sqrt_1ma=take(c.sqrt_1ma, starts[segs]),
+            lam=take(c.lam, ends[segs]), sqrt_a_next=take(c.sqrt_a_next, rows),
+            c1=take(c.c1, rows), c2=take(c.c2, rows))
 
     def body(x, step):
-        (sqrt_a, sqrt_1ma), (sqrt_a_next, lam), t, j_end = step
+        coeff, t, z = step
         eps = eps_fn(problem.params, x, jnp.full((batch,), t, jnp.int32)).astype(dtype)
-        x0 = (x - sqrt_1ma * eps) / sqrt_a
-        x0_hat = x0 - lam * (problem.project_range(x0) - apy)
-        i = j_end
-        x_next = sqrt_a_next * x0_hat + c.c1[i] * problem.noise_at(i) + c.c2[i] * eps
-        return x_next, (x0_hat, eps)
+        return ddnm_step(problem, coeff, x, eps, apy, z), (x, eps)
 
-    _, (x0s, epss) = jax.lax.scan(body, problem.x_T, (seg, end, times, jnp.asarray(ends)))
-    # Spread: fine row r belongs to segment seg_of[r].
-    seg_of = np.repeat(np.arange(len(starts)), ends - starts + 1)
-    x0r = jnp.moveaxis(x0s[seg_of], 0, 1)  # (B, T, H, W, C)
-    er = jnp.moveaxis(epss[seg_of], 0, 1)
+    segs = np.arange(len(starts))
+    noise_end = jnp.stack([problem.noise_at(int(e)) for e in ends], axis=0)
+    times = jnp.asarray(np.asarray(c.t)[starts], jnp.int32)
+    _, (xs, epss) = jax.lax.scan(body, problem.x_T, (jump(ends, segs), times, noise_end))
+    # Every fine row: the jump of its segment's coarse step, from the same state and ε.
     col = lambda a: jnp.reshape(a, (1, -1, 1, 1, 1))
+    fine = jax.tree_util.tree_map(col, jump(np.arange(T), seg_of))
     noise = problem.noise if problem.noise.shape[1] > 1 else problem.noise[:, :1]
-    return col(c.sqrt_a_next) * x0r + col(c.c1) * noise + col(c.c2) * er
+    move = lambda a: jnp.moveaxis(a[seg_of], 0, 1)  # (B, T, H, W, C)
+    return ddnm_step(problem, fine, move(xs), move(epss), apy[:, None], noise)

@@ -103,5 +103,6 @@ def windowed_solve(deq_map: DEQMap, solver: SlidingWindow, problem: Problem) -> 
                        jnp.where(st["s"] >= T, Result.CONVERGED, Result.MAX_STEPS))
     stats = Stats(steps=st["it"], map_evals=st["it"], row_evals=st["it"] * W,
                   residual_history=st["history"], residual=jnp.max(st["row_res"], axis=1),
-                  row_residuals=st["row_res"])
+                  row_residuals=st["row_res"], image_steps=jnp.full((B,), st["it"]),
+                  image_result=jnp.full((B,), result, jnp.int32))
     return Solution(value=st["X"], result=result.astype(jnp.int32), stats=stats)

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..diffusion import DEQMap, Problem
+from ..diffusion.deq_map import check_order
 
 AXIS = "t"
 
@@ -71,6 +72,9 @@ class ShardedDEQMap:
     chunk_size: int | None = None
     axis_name: str = AXIS
     order: int | None = None
+
+    def __post_init__(self):
+        check_order(self.order)
 
     def __call__(self, X, problem: Problem):
         n = self.mesh.shape[self.axis_name]

@@ -102,7 +102,6 @@ def _solution(solver, state, X0):
         row_residuals=row,
         image_steps=state["image_evals"],
         image_result=result.astype(jnp.int32),
-        depth=state["image_evals"],
     )
     return Solution(value=value, result=jnp.max(result).astype(jnp.int32), stats=stats)
 
@@ -158,8 +157,7 @@ def _rowscan_solve(fn, solver, X0, args, row_scale):
 
 
 def _rowscan_fwd(fn, solver, X0, args, row_scale):
-    sol = _forward(fn, solver, X0, args, row_scale)
-    return sol, (sol.value, args, X0, row_scale)
+    return _implicit_fwd(fn, solver, None, X0, args, row_scale)
 
 
 def _rowscan_bwd(fn, solver, res, cot):

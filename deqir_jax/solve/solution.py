@@ -40,8 +40,6 @@ class Stats:
             on their own; a stopped one is frozen while the others continue).
         image_result: (B,) int32 :class:`Result` code of each problem (``Solution.result``
             is the worst of them).
-        depth: (B,) sequential network rounds each problem took: ``image_steps`` plus the
-            rounds of any sequential start (coarse pass) counted by the caller.
     """
 
     steps: jax.Array
@@ -50,9 +48,8 @@ class Stats:
     residual_history: jax.Array
     residual: jax.Array
     row_residuals: jax.Array
-    image_steps: jax.Array | None = None
-    image_result: jax.Array | None = None
-    depth: jax.Array | None = None
+    image_steps: jax.Array
+    image_result: jax.Array
 
 
 @jax.tree_util.register_dataclass
