@@ -16,6 +16,7 @@ Parameter names follow Flax conventions: ``kernel`` (convs are HWIO, dense is (i
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -30,6 +31,7 @@ DType = Any
 # does for some layers): random models from `create` must have non-trivial outputs.
 _kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 _normal_init = nnx.initializers.normal(stddev=1.0)
+_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 class KeyGen:
@@ -57,6 +59,60 @@ def compute_dtype(dtype: DType | None, *arrays: jax.Array) -> DType:
 def stats_dtype(dtype: DType) -> DType:
     """At least float32 (float64 stays float64): used for GroupNorm statistics and softmax."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def _lax_conv(x, kernel, stride, padding):
+    return jax.lax.conv_general_dilated(x, kernel, window_strides=(stride, stride),
+                                        padding=padding, dimension_numbers=_CONV_DIMS)
+
+
+def _shifted_products(x, kernel, stride, padding):
+    """The same convolution as a sum of ``kh·kw`` strided slices times a channel matmul: linear
+    in each argument, and its transpose is pads and dots."""
+    kh, kw = kernel.shape[:2]
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    ho = (xp.shape[1] - kh) // stride + 1
+    wo = (xp.shape[2] - kw) // stride + 1
+    out = None
+    for a in range(kh):
+        for b in range(kw):
+            patch = jax.lax.slice(
+                xp, (0, a, b, 0),
+                (xp.shape[0], a + (ho - 1) * stride + 1, b + (wo - 1) * stride + 1, xp.shape[3]),
+                (1, stride, stride, 1))
+            term = jnp.einsum("nhwi,io->nhwo", patch, kernel[a, b])
+            out = term if out is None else out + term
+    return out
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_cpu(x, kernel, stride, padding):
+    return _lax_conv(x, kernel, stride, padding)
+
+
+@_conv_cpu.defjvp
+def _conv_cpu_jvp(stride, padding, primals, tangents):
+    x, kernel = primals
+    dx, dk = tangents
+    out = _lax_conv(x, kernel, stride, padding)
+    return out, (_shifted_products(dx, kernel, stride, padding)
+                 + _shifted_products(x, dk, stride, padding))
+
+
+def conv2d(x, kernel, stride: int = 1, padding=((1, 1), (1, 1))):
+    """NHWC × HWIO convolution with explicit padding ``((top, bottom), (left, right))``.
+
+    The value is always ``lax.conv_general_dilated``. On the CPU backend its derivative is
+    written as shifted slices times channel matmuls: XLA's CPU convolution transposes (the
+    input and kernel gradients) fall off the fast path inside loops (a ``lax.scan`` over
+    timesteps, as in reverse mode through the sequential sampler or the RowScan adjoint), where
+    they run 5-60× slower than the convolution itself; pads and dots do not. Elsewhere the
+    derivative is JAX's own. Forward and reverse mode both work, to any order.
+    """
+    padding = tuple(tuple(int(v) for v in p) for p in padding)
+    if jax.default_backend() == "cpu":
+        return _conv_cpu(x, kernel, int(stride), padding)
+    return _lax_conv(x, kernel, stride, padding)
 
 
 class Conv2d(nnx.Module):
@@ -90,13 +146,7 @@ class Conv2d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = self.kernel[...], self.bias[...]
         dt = compute_dtype(self.dtype, x, kernel)
-        y = jax.lax.conv_general_dilated(
-            x.astype(dt),
-            kernel.astype(dt),
-            window_strides=(self.stride, self.stride),
-            padding=self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = conv2d(x.astype(dt), kernel.astype(dt), self.stride, self.padding)
         return y + bias.astype(dt)
 
 
