@@ -206,3 +206,29 @@ def test_optimize_init_errors(gauss_setup):
     with pytest.raises(ValueError, match="adjoint"):
         dq.optimize.optimize_init(model, prob.y, prob.op, loss="oracle_l2",
                                   target=prob.x_T, adjoint="magic")
+
+
+@pytest.mark.parametrize("loss", ["oracle_l2", "consistency"])
+def test_optimize_init_compiles_once_per_configuration(gauss_setup, loss):
+    """A second call with new data of the same shapes (targets, measurements, keys) reuses the
+    compiled step: nothing is traced again."""
+    model, prob, _, target, _ = gauss_setup
+    traces = []
+
+    class Counting:
+        params = model.params
+
+        @staticmethod
+        def eps_fn(params, x, t):
+            traces.append(1)  # runs at trace time only
+            return model.eps_fn(params, x, t)
+
+    kw = dict(loss=loss, timesteps=T, steps=2, learning_rate=1e-2, method="picard",
+              progress=False, dtype=jnp.float64)
+    dq.optimize.optimize_init(Counting(), prob.y, prob.op, target=target, key=0, **kw)
+    first = len(traces)
+    assert first >= 1
+    res = dq.optimize.optimize_init(Counting(), prob.y * 0.5, prob.op, target=target[::-1],
+                                    key=3, **kw)
+    assert len(traces) == first
+    assert np.all(np.isfinite(np.asarray(res.image)))

@@ -108,3 +108,32 @@ def test_default_solver_in_float32_stops_and_stays_float32(problem):
     res = dq.restore(model, y, op, T, "anderson", **KW)
     assert res.image.dtype == jnp.float32 and res.solution.value.dtype == jnp.float32
     assert res.stats["converged"] and len(res.stats["depth"]) == 3
+
+
+@pytest.mark.parametrize("method", ["sequential", "anderson"])
+def test_no_retrace_with_new_data_and_operator(problem, method):
+    """New measurements, a new operator of the same task and shapes (another random mask), new
+    keys and new params: the compiled solve is reused, nothing is traced again."""
+    model, op, y = problem
+    traces = []
+
+    class Counting:
+        params = model.params
+
+        @staticmethod
+        def eps_fn(params, x, t):
+            traces.append(1)  # runs at trace time only
+            return model.eps_fn(params, x, t)
+
+    kw = dict(etw=0.1) if method == "sequential" else dict(etw=0.1, on_max_steps="ignore")
+    dq.restore(Counting(), y, op, T, method, key=0, **kw)
+    first = len(traces)
+    assert first >= 1
+    op2 = dq.operators.get("inpainting", image_shape=SHAPE, mask="random", keep_ratio=0.5,
+                           key=7)
+    assert not np.array_equal(op2.mask, op.mask)
+    Counting.params = jax.tree_util.tree_map(lambda a: a * 1.01, model.params)
+    for seed in (1, 2):
+        out = dq.restore(Counting(), y[::-1] * 0.5, op2, T, method, key=seed, **kw)
+        assert np.all(np.isfinite(np.asarray(out.image)))
+    assert len(traces) == first

@@ -72,7 +72,13 @@ def _psnr(img, target):
     return 10 * jnp.log10(4.0 / mse)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate: float):
+    """The default optimizer, one object per learning rate (a static argument of the step)."""
+    return optax.adam(learning_rate)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4))
 def _step(fmap, solver, adjoint, loss_fn, optimizer, x_T, X0, problem, opt_state):
     def objective(x):
         prob = dataclasses.replace(problem, x_T=x)
@@ -150,7 +156,7 @@ def optimize_init(
     solver = make_solver(method, timesteps, solver)
     eps_fn = _remat(model.eps_fn) if remat else model.eps_fn
     fmap = DEQMap(eps_view(eps_fn, problem.x_T.shape[-1]))
-    optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
+    optimizer = _adam(float(learning_rate)) if optimizer is None else optimizer
     x = problem.x_T
     opt_state = optimizer.init(x)
     X = initial_trajectory(problem)
