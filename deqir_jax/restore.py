@@ -68,7 +68,12 @@ class Restoration:
             ``nfe`` (network evaluations per image), ``depth`` (per image: sequential network
             rounds, i.e. parallel map evaluations until that image stopped plus the coarse
             pass's steps; T for sequential),
-            ``converged``, ``result``, ``residual`` (per image), ``residual_history``.
+            ``converged`` and ``result`` (the batch's worst), ``image_converged`` and
+            ``image_result`` (each image's own: ``"converged"``, ``"max_steps"``,
+            ``"nonfinite"`` or ``"sequential"``), ``residual`` (per image),
+            ``residual_history``. Inside a transformation the per-image entries (and
+            ``converged``, ``result``) are arrays; result codes are
+            :class:`~deqir_jax.solve.Result` values.
         solution: the :class:`~deqir_jax.solve.Solution` (None for sequential).
         trajectory: (B, T, H, W, C) all states, when asked for.
         x_T, noise: the initial noise and the step noise actually used.
@@ -346,8 +351,10 @@ def restore(
             raise SolverError("the sequential sampler produced non-finite values")
         if order != "default" or coarse:
             raise TypeError("order and coarse apply to the parallel methods, not sequential")
+        n = image.shape[0]
         stats = dict(method=method, method_reason=reason, timesteps=T, iterations=T, nfe=T,
-                     depth=[T] * image.shape[0], converged=True, result="sequential",
+                     depth=[T] * n, converged=True, result="sequential",
+                     image_converged=[True] * n, image_result=["sequential"] * n,
                      residual=None, residual_history=[])
         return _per_image(
             Restoration(image, apy, stats, None, traj, problem.x_T, problem.noise), samples)
@@ -385,7 +392,9 @@ def restore(
                  iterations=sol.stats.map_evals, nfe=sol.stats.row_evals + coarse,
                  depth=sol.stats.image_steps + coarse,
                  converged=sol.stats.image_result == Result.CONVERGED,
-                 result=sol.stats.image_result, residual=sol.stats.residual,
+                 result=sol.stats.image_result,
+                 image_converged=sol.stats.image_result == Result.CONVERGED,
+                 image_result=sol.stats.image_result, residual=sol.stats.residual,
                  residual_history=sol.stats.residual_history)
     if _traced(sol):
         # Inside a transformation (jit, vmap, grad): no host-side checks; the stats stay arrays
@@ -394,10 +403,13 @@ def restore(
                                       problem.noise), samples)
     # Eagerly: a plain-Python summary (worst result over the batch), warnings and errors.
     result = Result(int(sol.result))
+    codes = [Result(int(c)) for c in np.ravel(np.asarray(sol.stats.image_result))]
     hist = np.asarray(stats["residual_history"])
     stats.update(iterations=int(stats["iterations"]), nfe=int(stats["nfe"]),
                  depth=np.asarray(stats["depth"]).tolist(),
                  converged=result == Result.CONVERGED, result=result.name.lower(),
+                 image_converged=[c == Result.CONVERGED for c in codes],
+                 image_result=[c.name.lower() for c in codes],
                  residual=np.asarray(stats["residual"]).tolist(),
                  residual_history=[float(h) for h in hist[~np.isnan(hist)]])
     if result == Result.NONFINITE:

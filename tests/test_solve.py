@@ -2,6 +2,7 @@
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -188,3 +189,28 @@ def test_bad_solver_arguments():
         fixed_point(lambda x, a: x, "anderson", jnp.zeros((1, 2)), None)
     with pytest.raises(ValueError, match="method"):
         dq.restore(GaussianModel.create(SHAPE), None, None, 5, "newton", image_shape=SHAPE)
+
+
+def test_restore_reports_each_images_fate():
+    """One image of a batch converges at once (all zeros: a fixed point of a linear ε model),
+    the other hits the step limit: each image's own result is reported, and the batch summary
+    is the worst."""
+    class Linear:
+        params = {"s": jnp.asarray(0.3, jnp.float32)}
+
+        @staticmethod
+        def eps_fn(params, x, t):
+            return x * params["s"]
+
+    op = dq.operators.get("inpainting", image_shape=SHAPE, mask="random", keep_ratio=0.5)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2,) + SHAPE), jnp.float32)
+    y = op.A(x).at[1].set(0.0)
+    x_T = jax.random.normal(jax.random.key(0), (2,) + SHAPE, jnp.float32).at[1].set(0.0)
+    res = dq.restore(Linear(), y, op, 6, "picard", x_T=x_T, noise=jnp.zeros((2,) + SHAPE),
+                     max_steps=3, on_max_steps="ignore")
+    assert res.stats["image_result"] == ["max_steps", "converged"]
+    assert res.stats["image_converged"] == [False, True]
+    assert res.stats["converged"] is False and res.stats["result"] == "max_steps"
+    assert res.stats["depth"] == [3, 1]
+    seq = dq.restore(Linear(), y, op, 6, "sequential", x_T=x_T, noise=jnp.zeros((2,) + SHAPE))
+    assert seq.stats["image_converged"] == [True, True]

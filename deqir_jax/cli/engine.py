@@ -149,7 +149,8 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
             method=stats["method"], iterations=int(stats["iterations"]),
             depth=int(max(stats["depth"][i * cfg.samples:(i + 1) * cfg.samples])),
             nfe=int(stats["nfe"]),
-            converged=bool(stats["converged"]),
+            converged=bool(all(stats["image_converged"][i * cfg.samples:
+                                                  (i + 1) * cfg.samples])),
             residual=None if residual is None else float(
                 np.max(np.ravel(residual)[i * cfg.samples:(i + 1) * cfg.samples])),
             seconds=seconds,
