@@ -389,3 +389,38 @@ def test_persistent_compile_cache_second_run_compiles_nothing(tmp_path, model_di
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
     assert not (tmp_path / "xdg").exists()
+
+
+def test_resume_skips_finished_images_and_equals_uninterrupted(capsys, tmp_path, model_dir,
+                                                               inputs):
+    imgs = [inputs / "clean.png", inputs / "gray.png", inputs / "odd.png"]
+    common = ["--task", "sr", "--scale", "2", "--model", model_dir, *FAST]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run(capsys, "restore", *imgs, "-o", full, *common)[0] == 0
+    assert run(capsys, "restore", *imgs, "-o", cut, *common)[0] == 0
+    # An interruption: odd.png never finished (its grid missing, its row not written yet),
+    # gray.png's outputs and row are there.
+    (cut / "odd_grid.png").unlink()
+    rows = read_csv(cut / "metrics.csv")
+    with open(cut / "metrics.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:2])
+    kept = {p: p.stat().st_mtime_ns for p in cut.glob("gray_*.png")}
+    code, out, err = run(capsys, "restore", *imgs, "-o", cut, *common)
+    assert code == 2 and "refusing to overwrite" in err  # not without --resume
+    code, out, err = run(capsys, "restore", *imgs, "-o", cut, *common, "--resume")
+    assert code == 0, err
+    assert "resume: 2 of 3 image(s) already restored" in out
+    assert {p: p.stat().st_mtime_ns for p in cut.glob("gray_*.png")} == kept  # untouched
+    for p in full.glob("odd_*.png"):
+        assert (cut / p.name).read_bytes() == p.read_bytes()
+    skip = {"seconds"}
+    a, b = read_csv(full / "metrics.csv"), read_csv(cut / "metrics.csv")
+    assert [{k: v for k, v in r.items() if k not in skip} for r in a] == \
+        [{k: v for k, v in r.items() if k not in skip} for r in b]
+    code, _, err = run(capsys, "restore", *imgs, "-o", cut, *common, "--resume", "--overwrite")
+    assert code == 2 and "pass one of them" in err
+    code, _, err = run(capsys, "restore", *imgs, "-o", cut, "--task", "inpainting", "--model",
+                       model_dir, *FAST, "--resume")
+    assert code == 2 and "made for task 'sr_bicubic'" in err

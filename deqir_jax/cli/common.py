@@ -180,6 +180,26 @@ def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str], overwrit
     return path
 
 
+def parse_value(cell: str) -> Any:
+    """The inverse of :func:`fmt_value` for a CSV cell: None, bool, int, float or text."""
+    if cell == "":
+        return None
+    if cell in ("true", "false"):
+        return cell == "true"
+    for kind in (int, float):
+        try:
+            return kind(cell)
+        except ValueError:
+            pass
+    return cell
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """Rows of a table written by :func:`write_csv`, values parsed back."""
+    with open(path, newline="") as fh:
+        return [{k: parse_value(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
 def _json_safe(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _json_safe(x) for k, x in v.items()}

@@ -25,6 +25,7 @@ from .common import (
     model_info,
     note,
     progress,
+    read_csv_rows,
     say,
     size_multiple,
     versions,
@@ -192,6 +193,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--batch-size", type=int, default=1, help="images per restore call; "
                    "images of the same size are batched (default: 1)")
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    o.add_argument("--resume", action="store_true", help="continue an interrupted run into "
+                   "the same --outdir: images whose outputs all exist are skipped and left "
+                   "untouched (their rows kept from metrics.csv), the others are restored; "
+                   "metrics.csv and summary.json are rewritten")
     o.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
@@ -221,7 +226,12 @@ def run(args) -> int:
     outputs = [engine.output_paths(outdir, p.stem, original=not args.measured, y=y_pic)
                for p in paths]
     tables = [outdir / "metrics.csv", outdir / "summary.json"]
-    check_outputs([q for o in outputs for q in o.values()] + tables, args.overwrite)
+    done = _finished(args, paths, outputs, tables[0], spec.name)
+    check_outputs([q for i, o in enumerate(outputs) if i not in done for q in o.values()]
+                  + tables, args.overwrite or args.resume)
+    if done:
+        say(f"resume: {len(done)} of {len(paths)} image(s) already restored in {outdir}, "
+            "skipped", args.quiet)
 
     images = []
     for p in paths:
@@ -232,10 +242,10 @@ def run(args) -> int:
     model, model_desc = load_model(args.model)
     mm = size_multiple(model)
     jobs = [_job(i, p, img, spec, args.measured, mm) for i, (p, img) in
-            enumerate(zip(paths, images, strict=True))]
+            enumerate(zip(paths, images, strict=True)) if i not in done]
 
     notes: set[str] = set()
-    rows, failures, ops = [], [], {}
+    rows, failures, ops = [done[i] for i in sorted(done)], [], {}
     bar = progress(total=len(jobs), desc=f"restore {spec.name}", quiet=args.quiet)
     for group in _groups(jobs, args.batch_size):
         key = group[0].op_key()
@@ -247,9 +257,12 @@ def run(args) -> int:
                 failures.append(f"{out.job.name}: {out.error}")
                 note(f"solver failed on {out.job.source}: {out.error}")
             else:
-                engine.write_outcome(out, outputs[out.job.index], args.overwrite)
+                engine.write_outcome(out, outputs[out.job.index],
+                                     args.overwrite or args.resume)
                 say(_line(out.row), args.quiet)
             bar.update(1)
+        # The table so far, after every group: what --resume reads after an interruption.
+        write_csv(tables[0], rows, engine.COLUMNS, True)
     bar.close()
     for msg in sorted(notes) if not args.quiet else ():
         note(f"note: {msg}")
@@ -260,7 +273,9 @@ def run(args) -> int:
              f"for {len(unconverged)} image(s) ({', '.join(unconverged[:3])}"
              f"{', ...' if len(unconverged) > 3 else ''}); their outputs were written "
              "(raise --max-anderson-iters or pass --strict to fail instead)")
-    write_csv(tables[0], rows, engine.COLUMNS, args.overwrite)
+    order = {str(p): i for i, p in enumerate(paths)}
+    rows.sort(key=lambda r: order[r["input"]])  # image order, resumed or not
+    write_csv(tables[0], rows, engine.COLUMNS, True)
     means = {k: mean_of(ok, k) for k in ("psnr_apy", "ssim_apy", "lpips_apy", "psnr", "ssim",
                                          "lpips", "consistency", "iterations", "nfe",
                                          "seconds")}
@@ -276,7 +291,7 @@ def run(args) -> int:
         "notes": ["seconds: per-image wall time of the restore call; the first image of each "
                   "size also pays the JIT compilation"] + sorted(notes),
     }
-    write_json(tables[1], summary, args.overwrite)
+    write_json(tables[1], summary, True)
     tail = ""
     if means["psnr"] is not None:
         tail = (f"; mean PSNR {fmt_metric(means['psnr'])} dB (A+y "
@@ -287,6 +302,31 @@ def run(args) -> int:
         note(f"error: the solver failed on {len(failures)} image(s); see {tables[1]}")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _finished(args, paths, outputs, table: Path, task: str) -> dict:
+    """With ``--resume``: ``{index: row}`` for the images whose outputs all exist, their rows
+    from the previous ``metrics.csv`` (a bare row when it has none). Without it: nothing."""
+    if not args.resume:
+        return {}
+    if args.overwrite:
+        raise UsageError("--resume keeps finished outputs and --overwrite replaces them: "
+                         "pass one of them")
+    old = {}
+    if table.exists():
+        try:
+            old = {r["input"]: r for r in read_csv_rows(table)}
+        except (KeyError, ValueError, OSError) as err:
+            raise UsageError(f"--resume cannot read '{table}': {err}") from None
+    for row in old.values():
+        if row.get("task") != task:
+            raise UsageError(f"--resume: the outputs in '{table.parent}' were made for task "
+                             f"{row.get('task')!r}, not {task!r}; use another --outdir")
+    done = {}
+    for i, (p, out) in enumerate(zip(paths, outputs, strict=True)):
+        if all(q.exists() for q in out.values()):
+            done[i] = old.get(str(p), {"name": p.stem, "task": task, "input": str(p)})
+    return done
 
 
 def _job(index, path: Path, image: np.ndarray, spec, measured: bool, mm: int) -> engine.Job:

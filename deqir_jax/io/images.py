@@ -182,7 +182,7 @@ def write_uint8(path: PathLike, u: np.ndarray, overwrite: bool = False) -> Path:
     try:
         with fh:
             img.save(fh, format=fmt, **options)
-    except Exception:
+    except BaseException:  # (Ctrl-C too)
         p.unlink(missing_ok=True)  # do not leave a half-written file behind
         raise
     return p
