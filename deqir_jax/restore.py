@@ -148,6 +148,13 @@ def make_problem(
     dtype=jnp.float32,
 ) -> Problem:
     """Validate the inputs of :func:`restore` and assemble the :class:`Problem` pytree."""
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+        raise ValueError(
+            f"dtype is the trajectory's dtype and must be float32 or float64, got "
+            f"{jnp.dtype(dtype).name}; to run the network in half precision load the model "
+            "with it (dq.models.load(path, dtype=jnp.bfloat16), dq.models.default(dtype=...)): "
+            "the trajectory, the prefix scan, the solver's history and its stopping test stay "
+            "float32")
     coeffs = step_coefficients(
         timesteps, nw=nw, etw=etw, sigma_y=sigma_y, noise_aware=noise_aware,
         schedule=schedule, skip_type=skip_type,
@@ -307,6 +314,9 @@ def restore(
             axis over its devices; T must be divisible by the device count.
         on_max_steps: ``"warn"``, ``"raise"`` or ``"ignore"`` when the step limit is hit.
             Non-finite values always raise :class:`SolverError`.
+        dtype: the trajectory's dtype, float32 (default) or float64 (with x64 on). Half
+            precision belongs to the network: a model loaded with ``dtype=jnp.bfloat16`` or
+            ``float16`` computes in it, its ε is cast back, and the state stays float32.
         samples: K posterior samples per image (independent x_T and noise, solved together
             as one batch of B·K); ``image`` is their mean, a Monte-Carlo estimate of the
             posterior mean (the MMSE estimate: higher PSNR than any one sample, less detail),

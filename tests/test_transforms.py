@@ -137,3 +137,24 @@ def test_no_retrace_with_new_data_and_operator(problem, method):
         out = dq.restore(Counting(), y[::-1] * 0.5, op2, T, method, key=seed, **kw)
         assert np.all(np.isfinite(np.asarray(out.image)))
     assert len(traces) == first
+
+
+@pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16])
+def test_half_precision_network_keeps_float32_state(half):
+    """A half-precision network (the model's dtype) under the default prior: the trajectory and
+    the solver state stay float32, and the image is close to the float32 network's. A half
+    trajectory dtype is refused with a message that says where half precision goes."""
+    model = dq.models.default()
+    op = dq.operators.get("sr_averagepooling", image_shape=(16, 16, 3), scale=2)
+    x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (1, 16, 16, 3)), jnp.float32)
+    y = op.A(x)
+    ref = dq.restore(model, y, op, 8, "sequential", key=0).image
+    for method, kw in (("sequential", {}), ("anderson", dict(on_max_steps="ignore"))):
+        res = dq.restore(dq.models.default(dtype=half), y, op, 8, method, key=0, **kw)
+        assert res.image.dtype == jnp.float32
+        if res.solution is not None:
+            assert res.solution.value.dtype == jnp.float32
+        psnr = float(dq.metrics.psnr(res.image, ref)[0])
+        assert psnr > 30, (method, psnr)  # vs the float32 network's restoration
+    with pytest.raises(ValueError, match="load the model with it"):
+        dq.restore(model, y, op, 8, "sequential", dtype=half)
