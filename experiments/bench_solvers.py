@@ -91,8 +91,10 @@ def variants(T):
     return {
         "picard": Picard(tol=1e-5, max_steps=T + 1),
         "anderson-faithful": Anderson.faithful(),
-        "anderson": make_solver("anderson", T),
-        "anderson-per_row-stop": make_solver("anderson", T, stop="per_row", tol=1e-3),
+        "anderson": make_solver("anderson", T),  # the default: triangular, per-row tol 1
+        # the previous default: one mixing per row, relative tolerance 1e-4
+        "anderson-per_row-relative": make_solver("anderson", T, mixing="per_row",
+                                                 stop="relative", tol=1e-4),
         f"window-{max(T // 5, 1)}": SlidingWindow(window=max(T // 5, 1), tol=1e-3,
                                                  max_steps=2 * T),
     }
