@@ -58,7 +58,8 @@ class SolverError(RuntimeError):
 
 @dataclasses.dataclass
 class Restoration:
-    """Result of :func:`restore`.
+    """Result of :func:`restore`; a pytree (arrays, the solution and the stats' arrays are
+    leaves; the stats' plain Python entries are static), so it can leave ``jax.jit``.
 
     Attributes:
         image: (B, H, W, C) restored images in [-1, 1] (not clipped).
@@ -89,6 +90,35 @@ class Restoration:
     x_T: jax.Array
     noise: jax.Array
     samples: jax.Array | None = None
+
+
+_ARRAY_FIELDS = ("image", "apy", "solution", "trajectory", "x_T", "noise", "samples")
+
+
+def _flatten_restoration(res: Restoration):
+    """A pytree: the arrays (and the solution, a pytree) are children, so a Restoration can be
+    returned from ``jax.jit`` or mapped over; the stats' arrays are children too, their plain
+    Python entries (method, reason, eager summaries) static."""
+    keys = sorted(res.stats)
+    dynamic = [k for k in keys if isinstance(res.stats[k], (jax.Array, np.ndarray))]
+    static = tuple((k, isinstance(res.stats[k], list),
+                    tuple(res.stats[k]) if isinstance(res.stats[k], list) else res.stats[k])
+                   for k in keys if k not in dynamic)
+    children = tuple(getattr(res, f) for f in _ARRAY_FIELDS) + tuple(
+        res.stats[k] for k in dynamic)
+    return children, (tuple(dynamic), static)
+
+
+def _unflatten_restoration(aux, children):
+    dynamic, static = aux
+    n = len(_ARRAY_FIELDS)
+    stats = {k: list(v) if was_list else v for k, was_list, v in static}
+    stats.update(zip(dynamic, children[n:], strict=True))
+    stats = {k: stats[k] for k in sorted(stats)}
+    return Restoration(stats=stats, **dict(zip(_ARRAY_FIELDS, children[:n], strict=True)))
+
+
+jax.tree_util.register_pytree_node(Restoration, _flatten_restoration, _unflatten_restoration)
 
 
 @functools.lru_cache(maxsize=64)

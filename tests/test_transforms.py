@@ -158,3 +158,20 @@ def test_half_precision_network_keeps_float32_state(half):
         assert psnr > 30, (method, psnr)  # vs the float32 network's restoration
     with pytest.raises(ValueError, match="load the model with it"):
         dq.restore(model, y, op, 8, "sequential", dtype=half)
+
+
+@pytest.mark.parametrize("name", ["sequential", "anderson"])
+def test_restoration_is_a_pytree_that_leaves_jit(problem, name):
+    """The whole Restoration can be returned from jax.jit and mapped over: arrays (image, the
+    solution, per-image stats) are leaves, the method and its reason stay plain strings."""
+    model, op, y = problem
+    eager = _restore(model, y, op, name)
+    jitted = jax.jit(lambda y: _restore(model, y, op, name))(y)
+    assert isinstance(jitted, dq.Restoration)
+    assert jitted.stats["method"] == name and isinstance(jitted.stats["method_reason"], str)
+    np.testing.assert_allclose(jitted.image, eager.image, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(jitted.stats["depth"]), eager.stats["depth"])
+    doubled = jax.tree_util.tree_map(lambda a: 2 * a, eager)
+    np.testing.assert_allclose(doubled.image, 2 * eager.image)
+    assert doubled.stats["method"] == eager.stats["method"]
+    assert doubled.stats["depth"] == eager.stats["depth"]  # plain Python entries kept as is
