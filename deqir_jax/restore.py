@@ -176,8 +176,14 @@ def make_problem(
     image_shape=None,
     batch: int | None = None,
     dtype=jnp.float32,
+    ccdf: int | None = None,
 ) -> Problem:
-    """Validate the inputs of :func:`restore` and assemble the :class:`Problem` pytree."""
+    """Validate the inputs of :func:`restore` and assemble the :class:`Problem` pytree.
+
+    ``ccdf=k`` (see :func:`restore`) keeps the last k steps of the T-step schedule and makes
+    the problem's ``x_T`` the start state ``√ā A⁺y + √(1−ā) x_T`` at the first kept step's
+    time; k = T (or None) is the plain problem.
+    """
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
         raise ValueError(
             f"dtype is the trajectory's dtype and must be float32 or float64, got "
@@ -233,7 +239,33 @@ def make_problem(
                 f"(fresh per step), got {tuple(noise.shape)}"
             )
         noise = _check_array("noise", noise).astype(dtype)
-    return Problem(params=model.params, x_T=x_T, y=y, noise=noise, coeffs=coeffs, op=op)
+    problem = Problem(params=model.params, x_T=x_T, y=y, noise=noise, coeffs=coeffs, op=op)
+    if ccdf is None or ccdf == timesteps:
+        return problem
+    if isinstance(ccdf, bool) or not isinstance(ccdf, (int, np.integer)) \
+            or not 1 <= ccdf <= timesteps:
+        raise ValueError(f"ccdf must be an integer in [1, T={timesteps}] (the number of final "
+                         f"steps to run) or None, got {ccdf!r}")
+    if op is None:
+        raise ValueError("ccdf starts from A⁺y diffused to an intermediate time: it needs an "
+                         "operator and y")
+    return ccdf_problem(problem, int(ccdf))
+
+
+def ccdf_problem(problem: Problem, steps: int) -> Problem:
+    """CCDF (Chung et al., CVPR 2022, "come closer, diffuse faster"): the last ``steps`` steps
+    of ``problem``'s schedule, started from ``A⁺y`` forward-diffused to the time of the first
+    kept step with the problem's ``x_T`` as the diffusion noise:
+    ``x_start = √ā_τ A⁺y + √(1−ā_τ) x_T``. The DEQ fixed point and the sequential sampler
+    then have ``steps`` rows; ``steps = T`` is the problem itself."""
+    T = problem.num_steps
+    if steps == T:
+        return problem
+    coeffs = problem.coeffs.last(steps)
+    c = coeffs.astype(problem.x_T.dtype)
+    start = c.sqrt_a[0] * problem.apy() + c.sqrt_1ma[0] * problem.x_T
+    noise = problem.noise if problem.noise.shape[1] == 1 else problem.noise[:, T - steps:]
+    return dataclasses.replace(problem, x_T=start, noise=noise, coeffs=coeffs)
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("return_trajectory",))
@@ -305,6 +337,7 @@ def restore(
     chunk_size: int | None = None,
     order: int | None | str = "default",
     coarse: int = 0,
+    ccdf: int | None = None,
     mesh=None,
     on_max_steps: str = "warn",
     return_trajectory: bool = False,
@@ -340,6 +373,11 @@ def restore(
         coarse: start the parallel solve from a sequential pass of this many steps spread
             onto the T rows (:func:`~deqir_jax.diffusion.coarse_trajectory`; 0: every row
             x_T, the official start). Its steps count in ``stats["depth"]``.
+        ccdf: run only the last ``ccdf`` of the T steps, starting from ``A⁺y`` diffused to
+            that time (``√ā A⁺y + √(1−ā) x_T``; CCDF, Chung et al. 2022): an initialisation
+            that uses the prior where it is good (small t) and needs ``ccdf`` rows instead of
+            T (fewer network calls, a smaller fixed point). None (default) or T: the plain
+            sampler from x_T. ``res.x_T`` is then the start state.
         mesh: a ``jax.sharding.Mesh`` (``dq.parallel.make_mesh()``) to split the timestep
             axis over its devices; T must be divisible by the device count.
         on_max_steps: ``"warn"``, ``"raise"`` or ``"ignore"`` when the step limit is hit.
@@ -377,11 +415,11 @@ def restore(
     problem = make_problem(
         model, y, op, timesteps=timesteps, key=key, x_T=x_T, noise=noise, nw=nw, etw=etw,
         sigma_y=sigma_y, noise_aware=noise_aware, fresh_noise=fresh_noise, schedule=schedule,
-        skip_type=skip_type, image_shape=image_shape, batch=batch, dtype=dtype,
+        skip_type=skip_type, image_shape=image_shape, batch=batch, dtype=dtype, ccdf=ccdf,
     )
     eps = eps_view(model.eps_fn, problem.x_T.shape[-1])
     apy = problem.apy()
-    T = timesteps
+    T = problem.num_steps  # the steps that run (ccdf: fewer than timesteps)
     if method == "sequential":
         if solver_options or solver is not None:
             raise TypeError("solver options do not apply to method='sequential'")

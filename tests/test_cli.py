@@ -424,3 +424,16 @@ def test_resume_skips_finished_images_and_equals_uninterrupted(capsys, tmp_path,
     code, _, err = run(capsys, "restore", *imgs, "-o", cut, "--task", "inpainting", "--model",
                        model_dir, *FAST, "--resume")
     assert code == 2 and "made for task 'sr_bicubic'" in err
+
+
+def test_ccdf_flag(capsys, tmp_path, model_dir, inputs):
+    common = ["restore", inputs / "clean.png", "--task", "sr", "--scale", "2", "--model",
+              model_dir, *FAST]
+    code, _, err = run(capsys, *common, "-o", tmp_path / "c", "--ccdf", "2")
+    assert code == 0, err
+    row = read_csv(tmp_path / "c" / "metrics.csv")[0]
+    assert row["nfe"] == "2" and row["depth"] == "2"  # 2 of the 4 steps ran
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["sampler"]["ccdf"] == 2
+    code, _, err = run(capsys, *common, "-o", tmp_path / "d", "--ccdf", "5")
+    assert code == 2 and "--ccdf must be <= 4" in err

@@ -140,3 +140,46 @@ def test_sliding_window_reaches_sequential(gauss, W):
         assert res.stats["iterations"] == 10  # one row per iteration: the sequential sampler
     with pytest.raises(ValueError, match="window"):
         SlidingWindow(window=0)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_ccdf_start(gauss, fresh):
+    """CCDF: ccdf = T is the plain sampler exactly; ccdf = k runs the last k steps of the same
+    schedule from √ā A⁺y + √(1−ā) x_T at the first kept step's time (ā from the linear
+    schedule, computed here), its DEQ fixed point is its sequential chain, and the restored
+    image keeps A x̂ = y (noise-free y, λ = 1, nw = etw = 0 at the last step)."""
+    T, k = 10, 4
+    op = dq.operators.get("inpainting", image_shape=SHAPE, mask="random", keep_ratio=0.5)
+    x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2,) + SHAPE))
+    y = op.A(x)
+    kw = dict(key=3, fresh_noise=fresh, nw=0.3, etw=0.3, dtype=jnp.float64)
+    plain = dq.restore(gauss, y, op, T, "sequential", **kw)
+    same = dq.restore(gauss, y, op, T, "sequential", ccdf=T, **kw)
+    np.testing.assert_array_equal(np.asarray(plain.image), np.asarray(same.image))
+
+    res = dq.restore(gauss, y, op, T, "sequential", ccdf=k, **kw)
+    assert res.stats["timesteps"] == k and res.stats["nfe"] == k
+    t0 = list(range(0, 1000, 1000 // T))[::-1][T - k]  # network time of the first kept step
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[t0]
+    start = np.sqrt(abar) * np.asarray(op.A_pinv(y)) + np.sqrt(1 - abar) * np.asarray(
+        plain.x_T)
+    np.testing.assert_allclose(np.asarray(res.x_T), start, rtol=1e-12, atol=1e-12)
+    if fresh:  # the last k of the T fresh noises
+        np.testing.assert_array_equal(np.asarray(res.noise), np.asarray(plain.noise[:, T - k:]))
+    np.testing.assert_allclose(np.asarray(op.A(res.image)), np.asarray(y), atol=1e-10)
+    assert not np.allclose(np.asarray(res.image), np.asarray(plain.image))
+
+    deq = dq.restore(gauss, y, op, T, "picard", ccdf=k,
+                     solver=Picard(tol=1e-13, max_steps=k + 1), on_max_steps="raise", **kw)
+    np.testing.assert_allclose(np.asarray(deq.image), np.asarray(res.image), atol=1e-10)
+    assert deq.solution.value.shape[1] == k and deq.stats["nfe"] == k * deq.stats["iterations"]
+
+
+def test_ccdf_errors(gauss):
+    op = dq.operators.get("inpainting", image_shape=SHAPE, mask="random", keep_ratio=0.5)
+    y = op.A(jnp.zeros((1,) + SHAPE))
+    for bad in (0, 11, 2.5, True):
+        with pytest.raises(ValueError, match="ccdf must be an integer in"):
+            dq.restore(gauss, y, op, 10, "sequential", ccdf=bad)
+    with pytest.raises(ValueError, match="needs an operator"):
+        dq.restore(gauss, None, None, 10, "sequential", ccdf=4, image_shape=SHAPE)

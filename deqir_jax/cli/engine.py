@@ -50,6 +50,7 @@ class RunConfig:
     samples: int = 1
     order: int | None = None
     coarse: int = 0
+    ccdf: int | None = None
     method_reason: str = "asked for"
 
     def describe(self) -> dict:
@@ -119,7 +120,7 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
         timesteps=cfg.timesteps, method=cfg.method, x_T=jnp.stack(xs), noise=jnp.stack(noises),
         nw=cfg.nw, etw=cfg.etw, sigma_y=cfg.sigma_y, noise_aware=cfg.noise_aware,
         fresh_noise=cfg.fresh_noise, chunk_size=cfg.chunk_size,
-        on_max_steps="raise" if cfg.strict else "ignore", samples=cfg.samples,
+        on_max_steps="raise" if cfg.strict else "ignore", samples=cfg.samples, ccdf=cfg.ccdf,
     )
     if cfg.method != "sequential":
         kwargs.update(solver=cfg.solver, order=cfg.order, coarse=cfg.coarse)

@@ -70,6 +70,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, timesteps: int) -> None:
     g.add_argument("--samples", type=int, default=1, metavar="K", help="restore K posterior "
                    "samples per image (independent x_T) and output their mean, a Monte-Carlo "
                    "posterior mean: higher PSNR, less detail (default: 1)")
+    g.add_argument("--ccdf", type=int, metavar="K", help="run only the last K of the T steps, "
+                   "starting from A+y diffused to that time (CCDF): K network rows instead of "
+                   "T (default: all T steps from noise)")
     g.add_argument("--chunk-size", type=int, metavar="N", help="network rows per call "
                    "(bounds memory for large images)")
     s = p.add_argument_group("solver (anderson / picard)")
@@ -120,7 +123,9 @@ def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
     _check_range("--lam", args.lam, 0.0)
     _check_range("--anderson-beta", args.beta, 0.0, 1.0, lo_open=True)
     _check_range("--order", args.order, 1)
-    _check_range("--coarse", args.coarse, 0, args.timesteps)
+    _check_range("--ccdf", args.ccdf, 1, args.timesteps)
+    steps = args.timesteps if args.ccdf is None else args.ccdf  # rows of the fixed point
+    _check_range("--coarse", args.coarse, 0, steps)
     options = {k: getattr(args, k) for k in ("m", "max_steps", "tol", "lam", "beta")
                if getattr(args, k) is not None}
     solver = None
@@ -145,7 +150,7 @@ def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
                 raise UsageError("--faithful selects the official Anderson settings; use it "
                                  "with --method anderson")
         try:
-            solver = make_solver(method, args.timesteps, None, args.faithful, **options)
+            solver = make_solver(method, steps, None, args.faithful, **options)
         except (ValueError, TypeError) as err:
             raise UsageError(f"solver options: {err}") from None
     order = args.order
@@ -153,7 +158,7 @@ def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
         order = DEFAULT_ORDER
     return engine.RunConfig(
         timesteps=args.timesteps, method=method, method_reason=reason, solver=solver,
-        order=order, coarse=args.coarse, nw=args.nw, etw=args.etw,
+        order=order, coarse=args.coarse, ccdf=args.ccdf, nw=args.nw, etw=args.etw,
         sigma_y=sigma_y, noise_aware=noise_aware, fresh_noise=args.fresh_noise,
         chunk_size=args.chunk_size, strict=args.strict, seed=args.seed, lpips=lpips,
         samples=args.samples)

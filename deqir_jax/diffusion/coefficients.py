@@ -65,6 +65,14 @@ class StepCoefficients:
             lam=cast(self.lam),
         )
 
+    def last(self, n: int) -> StepCoefficients:
+        """The last ``n`` steps (every field is per step, so a tail is a schedule itself)."""
+        tail = lambda a: a[-n:]
+        return dataclasses.replace(
+            self, t=tuple(self.t[-n:]), sqrt_a=tail(self.sqrt_a), sqrt_1ma=tail(self.sqrt_1ma),
+            sqrt_a_next=tail(self.sqrt_a_next), c1=tail(self.c1), c2=tail(self.c2),
+            lam=tail(self.lam))
+
     # Coefficients of the affine recurrence x_i = D_i x_{i-1} + E_i ε_i + ... split into the
     # null space (Q) and the range space (P) of A; see deq_map.py. Derived here, once.
     @property
