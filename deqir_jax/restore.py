@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from .diffusion import (
     DEQMap,
@@ -378,8 +377,11 @@ def restore(
             that uses the prior where it is good (small t) and needs ``ccdf`` rows instead of
             T (fewer network calls, a smaller fixed point). None (default) or T: the plain
             sampler from x_T. ``res.x_T`` is then the start state.
-        mesh: a ``jax.sharding.Mesh`` (``dq.parallel.make_mesh()``) to split the timestep
-            axis over its devices; T must be divisible by the device count.
+        mesh: a ``jax.sharding.Mesh`` (``dq.parallel.make_mesh(n)`` or
+            ``make_mesh(n, batch=nb)``): the parallel methods split the timestep axis over
+            its ``"t"`` devices (T divisible by their count) and, with a ``"b"`` axis, the
+            images over those (B divisible by their count); ``"sequential"`` splits the
+            images over all its devices (data parallel).
         on_max_steps: ``"warn"``, ``"raise"`` or ``"ignore"`` when the step limit is hit.
             Non-finite values always raise :class:`SolverError`.
         dtype: the trajectory's dtype, float32 (default) or float64 (with x64 on). Half
@@ -423,6 +425,14 @@ def restore(
     if method == "sequential":
         if solver_options or solver is not None:
             raise TypeError("solver options do not apply to method='sequential'")
+        if mesh is not None:  # data parallel: the images split over every device of the mesh
+            from .parallel import place_problem
+
+            if problem.x_T.shape[0] % mesh.size:
+                raise ValueError(f"method='sequential' on a mesh splits the images over its "
+                                 f"{mesh.size} devices: the batch of {problem.x_T.shape[0]} "
+                                 "images must be divisible by that")
+            problem = place_problem(problem, mesh, tuple(mesh.axis_names))
         out = _sequential(eps, problem, return_trajectory=return_trajectory)
         image, traj = out if return_trajectory else (out, None)
         if not _traced(image) and not bool(jnp.all(jnp.isfinite(image))):
@@ -447,21 +457,13 @@ def restore(
     elif isinstance(solver, SlidingWindow):
         raise ValueError("the sliding window runs on one device; drop mesh= or the window")
     else:
-        from .parallel import ShardedDEQMap, shard_trajectory
+        from .parallel import ShardedDEQMap, batch_axis, check_mesh, place_problem, shard_trajectory
 
         deq_map = ShardedDEQMap(eps, mesh, chunk_size=chunk_size, order=order)
-        if T % mesh.shape[deq_map.axis_name]:
-            raise ValueError(
-                f"timesteps T={T} must be divisible by the {mesh.shape[deq_map.axis_name]} "
-                "devices of the mesh"
-            )
+        check_mesh(mesh, X0.shape[0], T, deq_map.axis_name)
         X0 = shard_trajectory(X0, mesh)
-        # Everything else is replicated on the mesh (params restored from a checkpoint are
-        # committed to one device; shard_map takes its local rows from the replicas).
-        # (Host numpy leaves are left to jit: they are the same constants on every process.)
-        rep = NamedSharding(mesh, PartitionSpec())
-        problem = jax.tree_util.tree_map(
-            lambda a: jax.device_put(a, rep) if isinstance(a, jax.Array) else a, problem)
+        # shard_map takes its local rows (and images) from these.
+        problem = place_problem(problem, mesh, batch_axis(mesh))
     row_scale = jnp.asarray(problem.coeffs.sqrt_1ma, dtype)
     sol = _parallel(deq_map, solver, X0, problem, row_scale)
     image = sol.value[:, -1]

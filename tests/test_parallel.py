@@ -21,9 +21,13 @@ def report():
 
 
 def test_same_result_on_1_to_8_devices(report):
+    """1, 2, 4, 8 devices on the timestep axis, and (2 × 4) images × timesteps, give the
+    1-device result; sequential on a mesh (images over all devices) gives the unsharded one;
+    restore(mesh=...) under jax.jit gives the eager result."""
     results = report["results"]
+    assert "2x4" in results["anderson-float64"] and "2x4" in results["sequential-float64"]
     # float64: only the summation order differs between shardings.
-    for name in ("anderson-float64", "picard-float64"):
+    for name in ("anderson-float64", "picard-float64", "sequential-float64", "jit-float64"):
         for key, value in results[name].items():
             assert value <= 1e-10, (name, key, value)
     # float32: the closed-form map amplifies rounding (k1 ≈ 100 cancellations), and sharding
@@ -32,6 +36,17 @@ def test_same_result_on_1_to_8_devices(report):
     bound = max(1e-5, 2 * results["float32_map_rounding"])
     for key, value in results["picard-float32"].items():
         assert value <= bound, (key, value, bound)
+
+
+def test_mesh_errors(report):
+    errors = report["results"]["errors"]
+    assert "batch of 2 images must be divisible by the 4 devices of mesh axis 'b'" in \
+        errors["parallel"]
+    assert "splits the images over its 8 devices" in errors["sequential"]
+    from deqir_jax.parallel import make_mesh
+
+    with pytest.raises(ValueError, match="batch must be a positive divisor"):
+        make_mesh(1, batch=2)
 
 
 def test_no_all_gather_of_the_trajectory(report):
