@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import os
 import subprocess
 import sys
 import types
@@ -437,3 +438,36 @@ def test_ccdf_flag(capsys, tmp_path, model_dir, inputs):
     assert summary["sampler"]["ccdf"] == 2
     code, _, err = run(capsys, *common, "-o", tmp_path / "d", "--ccdf", "5")
     assert code == 2 and "--ccdf must be <= 4" in err
+
+
+def test_devices_flag(capsys, tmp_path, model_dir, inputs):
+    """--devices on 8 simulated CPU devices (a subprocess): picard over 4 devices and
+    sequential over 2 (a batch of 3 padded to 4) give the one-device images; too many devices
+    and a T the mesh cannot split are refused."""
+    imgs = [inputs / "clean.png", inputs / "gray.png", inputs / "rgba.png"]
+    base = ["restore", *imgs, "--task", "sr", "--scale", "2", "--model", model_dir,
+            "--timesteps", "4", "--no-lpips", "--batch-size", "3"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+
+    def cli(out, *extra):
+        proc = subprocess.run([sys.executable, "-m", "deqir_jax.cli", *map(str, base), "-o",
+                               str(tmp_path / out), *extra], env=env, capture_output=True,
+                              text=True, timeout=600)
+        return proc.returncode, proc.stderr
+
+    runs = {"picard-1": ("--method", "picard", "--tol", "1e-9"),
+            "picard-4": ("--method", "picard", "--tol", "1e-9", "--devices", "4"),
+            "seq-1": ("--method", "sequential"),
+            "seq-2": ("--method", "sequential", "--devices", "2")}
+    for out, extra in runs.items():
+        code, err = cli(out, *extra)
+        assert code == 0, err
+    for a, b in (("picard-1", "picard-4"), ("seq-1", "seq-2")):
+        ra, rb = read_csv(tmp_path / a / "metrics.csv"), read_csv(tmp_path / b / "metrics.csv")
+        assert len(rb) == 3
+        for x, y in zip(ra, rb, strict=True):
+            assert abs(float(x["psnr"]) - float(y["psnr"])) < 0.01, (a, b, x["name"])
+    code, err = cli("bad", "--method", "picard", "--devices", "3")
+    assert code == 2 and "4 timesteps of the parallel solve must be divisible" in err
+    code, err = cli("bad2", "--method", "sequential", "--devices", "9")
+    assert code == 2 and "--devices must be in [1, 8]" in err

@@ -4,6 +4,7 @@ with one operator, then crop, score and lay out the results."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from pathlib import Path
@@ -51,6 +52,7 @@ class RunConfig:
     order: int | None = None
     coarse: int = 0
     ccdf: int | None = None
+    devices: int | None = None  # a mesh of this many devices (None: one device)
     method_reason: str = "asked for"
 
     def describe(self) -> dict:
@@ -97,12 +99,25 @@ def _keys(cfg: RunConfig, index: int):
     return jax.random.split(k, 3)
 
 
+@functools.lru_cache(maxsize=4)
+def _mesh(devices: int):
+    from ..parallel import make_mesh
+
+    return make_mesh(devices)
+
+
 def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> list[Outcome]:
-    """Restore ``jobs`` (same operator) in one batched :func:`deqir_jax.restore` call."""
+    """Restore ``jobs`` (same operator) in one batched :func:`deqir_jax.restore` call. With
+    ``cfg.devices``: the parallel methods split the timesteps over a mesh of that many
+    devices, sequential splits the images (the group is padded with copies of its last image
+    to a multiple of the devices; the copies are dropped)."""
     shape = tuple(op.image_shape)
     steps = cfg.timesteps if cfg.fresh_noise else 1
     xs, noises, ys = [], [], []
-    for job in jobs:
+    padded = list(jobs)
+    if cfg.devices and cfg.method == "sequential":
+        padded += [jobs[-1]] * (-len(jobs) % cfg.devices)
+    for job in padded:
         kx, kz, ky = _keys(cfg, job.index)
         k = cfg.samples  # K draws per image, rows image-major (one draw: the key itself)
         kxs, kzs = (jax.random.split(a, k) if k > 1 else a[None] for a in (kx, kz))
@@ -124,6 +139,8 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
     )
     if cfg.method != "sequential":
         kwargs.update(solver=cfg.solver, order=cfg.order, coarse=cfg.coarse)
+    if cfg.devices:
+        kwargs.update(mesh=_mesh(cfg.devices))
     t0 = time.perf_counter()
     try:
         res = restore(model, y, op, **kwargs)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from ..io import list_images, read_image
@@ -73,6 +74,10 @@ def add_sampling_arguments(p: argparse.ArgumentParser, timesteps: int) -> None:
     g.add_argument("--ccdf", type=int, metavar="K", help="run only the last K of the T steps, "
                    "starting from A+y diffused to that time (CCDF): K network rows instead of "
                    "T (default: all T steps from noise)")
+    g.add_argument("--devices", type=int, metavar="N", help="use N devices (a mesh): "
+                   "anderson/picard split the T timesteps over them (T divisible by N), "
+                   "sequential splits the images of each batch (use a --batch-size that is a "
+                   "multiple of N) (default: one device)")
     g.add_argument("--chunk-size", type=int, metavar="N", help="network rows per call "
                    "(bounds memory for large images)")
     s = p.add_argument_group("solver (anderson / picard)")
@@ -126,6 +131,11 @@ def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
     _check_range("--ccdf", args.ccdf, 1, args.timesteps)
     steps = args.timesteps if args.ccdf is None else args.ccdf  # rows of the fixed point
     _check_range("--coarse", args.coarse, 0, steps)
+    if args.devices is not None:
+        available = len(jax.devices())
+        if not 1 <= args.devices <= available:
+            raise UsageError(f"--devices must be in [1, {available}] (the devices JAX sees "
+                             f"here), got {args.devices}")
     options = {k: getattr(args, k) for k in ("m", "max_steps", "tol", "lam", "beta")
                if getattr(args, k) is not None}
     solver = None
@@ -153,12 +163,16 @@ def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
             solver = make_solver(method, steps, None, args.faithful, **options)
         except (ValueError, TypeError) as err:
             raise UsageError(f"solver options: {err}") from None
+    if args.devices and method != "sequential" and steps % args.devices:
+        raise UsageError(f"--devices {args.devices}: the {steps} timesteps of the parallel "
+                         f"solve must be divisible by the device count")
     order = args.order
     if order is None and method == "anderson" and not args.faithful:
         order = DEFAULT_ORDER
     return engine.RunConfig(
         timesteps=args.timesteps, method=method, method_reason=reason, solver=solver,
-        order=order, coarse=args.coarse, ccdf=args.ccdf, nw=args.nw, etw=args.etw,
+        order=order, coarse=args.coarse, ccdf=args.ccdf, devices=args.devices,
+        nw=args.nw, etw=args.etw,
         sigma_y=sigma_y, noise_aware=noise_aware, fresh_noise=args.fresh_noise,
         chunk_size=args.chunk_size, strict=args.strict, seed=args.seed, lpips=lpips,
         samples=args.samples)
