@@ -339,6 +339,7 @@ def restore(
     ccdf: int | None = None,
     mesh=None,
     on_max_steps: str = "warn",
+    throw: bool = False,
     return_trajectory: bool = False,
     samples: int = 1,
     dtype=jnp.float32,
@@ -384,6 +385,11 @@ def restore(
             images over all its devices (data parallel).
         on_max_steps: ``"warn"``, ``"raise"`` or ``"ignore"`` when the step limit is hit.
             Non-finite values always raise :class:`SolverError`.
+        throw: inside a transformation (jit, vmap, grad), where the eager checks cannot run:
+            False (default) reports each image's fate in ``stats["result"]`` (an array) and
+            returns NaN for a non-finite one; True raises at run time (a ``SolverError``
+            message inside JAX's runtime error) when an image is non-finite, or hits the step
+            limit with ``on_max_steps="raise"``. Eagerly the checks always run.
         dtype: the trajectory's dtype, float32 (default) or float64 (with x64 on). Half
             precision belongs to the network: a model loaded with ``dtype=jnp.bfloat16`` or
             ``float16`` computes in it, its ε is cast back, and the state stays float32.
@@ -437,6 +443,9 @@ def restore(
         image, traj = out if return_trajectory else (out, None)
         if not _traced(image) and not bool(jnp.all(jnp.isfinite(image))):
             raise SolverError("the sequential sampler produced non-finite values")
+        if throw and _traced(image):
+            finite = jnp.all(jnp.isfinite(image), axis=tuple(range(1, image.ndim)))
+            _throw(jnp.where(finite, Result.CONVERGED, Result.NONFINITE), method, False)
         if order != "default" or coarse:
             raise TypeError("order and coarse apply to the parallel methods, not sequential")
         n = image.shape[0]
@@ -479,6 +488,8 @@ def restore(
     if _traced(sol):
         # Inside a transformation (jit, vmap, grad): no host-side checks; the stats stay arrays
         # (per-image result codes in "result": 0 converged, 1 step limit, 2 non-finite).
+        if throw:
+            _throw(sol.stats.image_result, method, on_max_steps == "raise")
         return _per_image(Restoration(image, apy, stats, sol, traj, problem.x_T,
                                       problem.noise), samples)
     # Eagerly: a plain-Python summary (worst result over the batch), warnings and errors.
@@ -507,6 +518,24 @@ def restore(
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return _per_image(Restoration(image, apy, stats, sol, traj, problem.x_T, problem.noise),
                       samples)
+
+
+def _throw(codes, method: str, max_steps: bool) -> None:
+    """Raise :class:`SolverError` at run time (from inside a transformation) when an image is
+    non-finite, or at its step limit when ``max_steps``."""
+
+    def check(codes):
+        codes = np.asarray(codes)
+        bad = np.flatnonzero(codes == Result.NONFINITE)
+        if bad.size:
+            raise SolverError(f"{method}: non-finite values (NaN or Inf) for image(s) "
+                              f"{bad.tolist()}; no image is returned")
+        late = np.flatnonzero(codes == Result.MAX_STEPS)
+        if max_steps and late.size:
+            raise SolverError(f"{method} solver did not converge within its step limit for "
+                              f"image(s) {late.tolist()}")
+
+    jax.debug.callback(check, codes)
 
 
 def _per_image(res: Restoration, samples: int) -> Restoration:

@@ -175,3 +175,26 @@ def test_restoration_is_a_pytree_that_leaves_jit(problem, name):
     np.testing.assert_allclose(doubled.image, 2 * eager.image)
     assert doubled.stats["method"] == eager.stats["method"]
     assert doubled.stats["depth"] == eager.stats["depth"]  # plain Python entries kept as is
+
+
+@pytest.mark.parametrize("name", ["sequential", "anderson"])
+def test_throw_raises_inside_jit(problem, name):
+    """throw=True: a non-finite image raises at run time inside jax.jit, naming the image;
+    good data runs as without it."""
+    model, op, y = problem
+    bad = y.at[1].set(jnp.nan)
+    f = jax.jit(lambda yy: _restore(model, yy, op, name, throw=True).image)
+    assert np.all(np.isfinite(np.asarray(f(y))))
+    with pytest.raises(Exception, match=r"non-finite values \(NaN or Inf\) for image\(s\) \[1\]"):
+        jax.block_until_ready(f(bad))
+
+
+def test_throw_on_step_limit_inside_jit(problem):
+    model, op, y = problem
+    f = jax.jit(lambda yy: dq.restore(model, yy, op, T, "picard", **KW, max_steps=2,
+                                      on_max_steps="raise", throw=True).image)
+    with pytest.raises(Exception, match=r"did not converge within its step limit for image"):
+        jax.block_until_ready(f(y))
+    quiet = jax.jit(lambda yy: dq.restore(model, yy, op, T, "picard", **KW, max_steps=2,
+                                          on_max_steps="ignore", throw=True).image)
+    assert np.all(np.isfinite(np.asarray(quiet(y))))
