@@ -190,6 +190,12 @@ def make_problem(
             "with it (dq.models.load(path, dtype=jnp.bfloat16), dq.models.default(dtype=...)): "
             "the trajectory, the prefix scan, the solver's history and its stopping test stay "
             "float32")
+    config = getattr(model, "config", None)
+    if getattr(config, "prediction", "eps") == "v" and schedule != "linear":
+        raise ValueError(
+            f"schedule={schedule!r} with a v-prediction model: its v is converted to ε with "
+            "the linear DDPM schedule it was trained on, so sampling on another schedule would "
+            "mix the two; use schedule='linear'")
     coeffs = step_coefficients(
         timesteps, nw=nw, etw=etw, sigma_y=sigma_y, noise_aware=noise_aware,
         schedule=schedule, skip_type=skip_type,

@@ -198,3 +198,12 @@ def test_throw_on_step_limit_inside_jit(problem):
     quiet = jax.jit(lambda yy: dq.restore(model, yy, op, T, "picard", **KW, max_steps=2,
                                           on_max_steps="ignore", throw=True).image)
     assert np.all(np.isfinite(np.asarray(quiet(y))))
+
+
+def test_v_model_refuses_another_schedule():
+    """The default prior predicts v, converted to ε on the linear schedule: sampling it on the
+    cosine schedule would silently mix schedules, so it is refused."""
+    model = dq.models.default()
+    with pytest.raises(ValueError, match="v-prediction model"):
+        dq.restore(model, None, None, 4, "sequential", image_shape=(16, 16, 3),
+                   schedule="cosine")
