@@ -6,6 +6,7 @@ import csv
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -37,3 +38,15 @@ def table(rows: list[dict], fmt=str) -> list[str]:
     keys = list(rows[0])
     return (["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
             + ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows])
+
+
+def best_time(f, *args, repeats: int = 3) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``f(*args)`` (results blocked on), after
+    one untimed call that compiles."""
+    jax.block_until_ready(f(*args))
+    out = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        out = min(out, time.perf_counter() - t0)
+    return out

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -34,20 +33,10 @@ from deqir_jax.models import layers
 from deqir_jax.restore import eps_view, make_problem
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import header, machine, table, write_csv  # noqa: E402
+from _report import best_time, header, machine, table, write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"lax": layers._lax_conv, "deqir_jax": layers._conv_cpu}
-
-
-def best(f, *args, repeats):
-    jax.block_until_ready(f(*args))
-    out = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        out = min(out, time.perf_counter() - t0)
-    return out
 
 
 def single_conv(repeats):
@@ -65,8 +54,8 @@ def single_conv(repeats):
             return (gx * 0.5, acc + gk), None
         return jax.lax.scan(body, (x, jnp.zeros_like(k)), jnp.arange(8.0))[0]
 
-    return best(jax.jit(forward), x, k, repeats=repeats), \
-        best(jax.jit(backward), x, k, repeats=repeats)
+    return best_time(jax.jit(forward), x, k, repeats=repeats), \
+        best_time(jax.jit(backward), x, k, repeats=repeats)
 
 
 def sampler(T, size, repeats):
@@ -79,8 +68,8 @@ def sampler(T, size, repeats):
     fwd = jax.jit(lambda p: sequential_sample(eps, p))
     g_x = jax.jit(jax.grad(lambda x: loss(dataclasses.replace(prob, x_T=x))))
     g_p = jax.jit(jax.grad(lambda w: loss(dataclasses.replace(prob, params=w))))
-    return (best(fwd, prob, repeats=repeats), best(g_x, prob.x_T, repeats=repeats),
-            best(g_p, prob.params, repeats=repeats))
+    return (best_time(fwd, prob, repeats=repeats), best_time(g_x, prob.x_T, repeats=repeats),
+            best_time(g_p, prob.params, repeats=repeats))
 
 
 def main(argv=None):

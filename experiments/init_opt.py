@@ -31,7 +31,7 @@ from deqir_jax.restore import eps_view, make_problem
 from deqir_jax.solve import Picard, fixed_point
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import header, machine, table, write_csv  # noqa: E402
+from _report import best_time, header, machine, table, write_csv  # noqa: E402
 from bench_solvers import ROOT, load_model  # noqa: E402
 
 IMAGES = ["Set5/img_001.png", "Set5/img_003.png"]
@@ -72,15 +72,7 @@ def step_costs(model, y, op, gt, T, solver, repeats=3):
     fmap = DEQMap(eps_view(model.eps_fn, 3))
     X0 = initial_trajectory(prob)
 
-    def best(f, *a):
-        jax.block_until_ready(f(*a))
-        out = np.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(*a))
-            out = min(out, time.perf_counter() - t0)
-        return out
-
+    best = lambda f, *a: best_time(f, *a, repeats=repeats)
     forward = jax.jit(lambda x: fixed_point(fmap, solver, X0, dataclasses.replace(
         prob, x_T=x)).value[:, -1])
     costs = {"forward": best(forward, prob.x_T)}

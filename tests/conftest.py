@@ -27,3 +27,24 @@ def golden():
     import numpy as np
 
     return dict(np.load(path))
+
+
+@pytest.fixture
+def counting():
+    """``counting(model) -> (wrapped, traces)``: a model whose ``eps_fn`` appends to ``traces``
+    each time it is traced (it runs at trace time only), for no-recompilation tests."""
+
+    def wrap(model):
+        traces = []
+
+        class Counting:
+            params = model.params
+
+            @staticmethod
+            def eps_fn(params, x, t):
+                traces.append(1)
+                return model.eps_fn(params, x, t)
+
+        return Counting, traces
+
+    return wrap

@@ -209,19 +209,11 @@ def test_optimize_init_errors(gauss_setup):
 
 
 @pytest.mark.parametrize("loss", ["oracle_l2", "consistency"])
-def test_optimize_init_compiles_once_per_configuration(gauss_setup, loss):
+def test_optimize_init_compiles_once_per_configuration(gauss_setup, loss, counting):
     """A second call with new data of the same shapes (targets, measurements, keys) reuses the
     compiled step: nothing is traced again."""
     model, prob, _, target, _ = gauss_setup
-    traces = []
-
-    class Counting:
-        params = model.params
-
-        @staticmethod
-        def eps_fn(params, x, t):
-            traces.append(1)  # runs at trace time only
-            return model.eps_fn(params, x, t)
+    Counting, traces = counting(model)
 
     kw = dict(loss=loss, timesteps=T, steps=2, learning_rate=1e-2, method="picard",
               progress=False, dtype=jnp.float64)

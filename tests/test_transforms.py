@@ -111,19 +111,11 @@ def test_default_solver_in_float32_stops_and_stays_float32(problem):
 
 
 @pytest.mark.parametrize("method", ["sequential", "anderson"])
-def test_no_retrace_with_new_data_and_operator(problem, method):
+def test_no_retrace_with_new_data_and_operator(problem, method, counting):
     """New measurements, a new operator of the same task and shapes (another random mask), new
     keys and new params: the compiled solve is reused, nothing is traced again."""
     model, op, y = problem
-    traces = []
-
-    class Counting:
-        params = model.params
-
-        @staticmethod
-        def eps_fn(params, x, t):
-            traces.append(1)  # runs at trace time only
-            return model.eps_fn(params, x, t)
+    Counting, traces = counting(model)
 
     kw = dict(etw=0.1) if method == "sequential" else dict(etw=0.1, on_max_steps="ignore")
     dq.restore(Counting(), y, op, T, method, key=0, **kw)
