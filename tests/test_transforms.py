@@ -148,6 +148,8 @@ def test_half_precision_network_keeps_float32_state(half):
             assert res.solution.value.dtype == jnp.float32
         psnr = float(dq.metrics.psnr(res.image, ref)[0])
         assert psnr > 30, (method, psnr)  # vs the float32 network's restoration
+        gap = float(dq.metrics.psnr(res.image, x)[0] - dq.metrics.psnr(ref, x)[0])
+        assert abs(gap) <= 0.5, (method, gap)  # quality vs the ground truth
     with pytest.raises(ValueError, match="load the model with it"):
         dq.restore(model, y, op, 8, "sequential", dtype=half)
 
