@@ -87,7 +87,8 @@ def windowed_solve(deq_map: DEQMap, solver: SlidingWindow, problem: Problem) -> 
         row_res = jax.lax.dynamic_update_slice_in_dim(
             st["row_res"], jnp.broadcast_to(jnp.where(frozen, 0.0, row), (B, W)).astype(
                 st["row_res"].dtype), start, 1)
-        hist = st["history"].at[st["it"]].set(jnp.max(jnp.where(frozen, 0.0, row)))
+        hist = st["history"].at[st["it"]].set(
+            jnp.max(jnp.where(frozen, 0.0, row)).astype(st["history"].dtype))
         return dict(X=X, s=jnp.maximum(s, start + lead), it=st["it"] + 1, finite=finite,
                     row_res=row_res, history=hist)
 
