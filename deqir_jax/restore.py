@@ -437,6 +437,8 @@ def restore(
     if method == "sequential":
         if solver_options or solver is not None:
             raise TypeError("solver options do not apply to method='sequential'")
+        if order != "default" or coarse:
+            raise TypeError("order and coarse apply to the parallel methods, not sequential")
         if mesh is not None:  # data parallel: the images split over every device of the mesh
             from .parallel import place_problem
 
@@ -452,8 +454,6 @@ def restore(
         if throw and _traced(image):
             finite = jnp.all(jnp.isfinite(image), axis=tuple(range(1, image.ndim)))
             _throw(jnp.where(finite, Result.CONVERGED, Result.NONFINITE), method, False)
-        if order != "default" or coarse:
-            raise TypeError("order and coarse apply to the parallel methods, not sequential")
         n = image.shape[0]
         stats = dict(method=method, method_reason=reason, timesteps=T, iterations=T, nfe=T,
                      depth=[T] * n, converged=True, result="sequential",

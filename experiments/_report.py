@@ -40,13 +40,20 @@ def table(rows: list[dict], fmt=str) -> list[str]:
             + ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows])
 
 
-def best_time(f, *args, repeats: int = 3) -> float:
-    """Seconds of the fastest of ``repeats`` calls of ``f(*args)`` (results blocked on), after
-    one untimed call that compiles."""
-    jax.block_until_ready(f(*args))
-    out = float("inf")
+def best_of(fn, repeats: int):
+    """(last output, best seconds) over ``repeats`` calls of ``fn()``, each ended by
+    block_until_ready."""
+    best, out = float("inf"), None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        out = min(out, time.perf_counter() - t0)
-    return out
+        out = fn()
+        jax.block_until_ready(out)
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def best_time(f, *args, repeats: int = 3) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``f(*args)``, after one untimed call
+    that compiles."""
+    jax.block_until_ready(f(*args))
+    return best_of(lambda: f(*args), repeats)[1]

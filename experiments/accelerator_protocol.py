@@ -40,7 +40,7 @@ import numpy as np
 import deqir_jax as dq
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import header, machine, table, write_csv  # noqa: E402
+from _report import best_of, header, machine, table, write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "accelerator_protocol.py"
@@ -137,17 +137,6 @@ def gflop(compiled) -> float:
         return float(cost["flops"]) / 1e9 if cost and "flops" in cost else float("nan")
     except Exception:  # noqa: BLE001 - not every backend implements it
         return float("nan")
-
-
-def best_of(fn, repeats: int):
-    """(last output, best seconds) over ``repeats`` calls, each ended by block_until_ready."""
-    best, out = math.inf, None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        jax.block_until_ready(out)
-        best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def network_call(model, rows: int, t: np.ndarray, size: int, repeats: int) -> dict:

@@ -466,6 +466,8 @@ def test_devices_flag(capsys, tmp_path, model_dir, inputs):
         ra, rb = read_csv(tmp_path / a / "metrics.csv"), read_csv(tmp_path / b / "metrics.csv")
         assert len(rb) == 3
         for x, y in zip(ra, rb, strict=True):
+            # float32 on a mesh sums in another order (picard runs to 1e-9): only rounding
+            # differs, far under 0.01 dB; sequential is data parallel and bit-identical.
             assert abs(float(x["psnr"]) - float(y["psnr"])) < 0.01, (a, b, x["name"])
     code, err = cli("bad", "--method", "picard", "--devices", "3")
     assert code == 2 and "4 timesteps of the parallel solve must be divisible" in err

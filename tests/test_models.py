@@ -290,6 +290,9 @@ def test_conv2d_derivatives_equal_lax(stride, padding, ksize):
     """The CPU conv's own derivative (shifted slices × matmuls, fast inside loops) equals JAX's
     derivative of lax.conv_general_dilated: reverse mode for both arguments, forward mode, and
     a second derivative, in float32 with x64 off and in float64."""
+    # Both sides sum the same kh·kw·C products in a different order: float32 rounding of sums
+    # of ~36 O(1) terms is ~1e-5; float64 ~1e-14. Gradients and second derivatives sum more
+    # terms (over the output pixels), hence the looser atol there.
     for x64, tol in ((False, 2e-5), (True, 1e-12)):
         with jax.enable_x64(x64):
             _check_conv(stride, padding, ksize, jnp.float64 if x64 else jnp.float32, tol)

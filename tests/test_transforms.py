@@ -147,7 +147,10 @@ def test_half_precision_network_keeps_float32_state(half):
         if res.solution is not None:
             assert res.solution.value.dtype == jnp.float32
         psnr = float(dq.metrics.psnr(res.image, ref)[0])
-        assert psnr > 30, (method, psnr)  # vs the float32 network's restoration
+        # vs the float32 network's restoration: bf16 keeps 8 mantissa bits (~4e-3 relative
+        # per network call), and 8 calls compound it; measured 58-81 dB here, 30 dB is the
+        # bound below which a half network would visibly change the image.
+        assert psnr > 30, (method, psnr)
         gap = float(dq.metrics.psnr(res.image, x)[0] - dq.metrics.psnr(ref, x)[0])
         assert abs(gap) <= 0.5, (method, gap)  # quality vs the ground truth
     with pytest.raises(ValueError, match="load the model with it"):

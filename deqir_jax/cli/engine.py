@@ -100,7 +100,9 @@ def _keys(cfg: RunConfig, index: int):
 
 
 @functools.lru_cache(maxsize=4)
-def _mesh(devices: int):
+def mesh(devices: int):
+    """The mesh of ``--devices N`` (timesteps over the first N devices); ValueError naming the
+    available count when N is out of range."""
     from ..parallel import make_mesh
 
     return make_mesh(devices)
@@ -140,7 +142,7 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
     if cfg.method != "sequential":
         kwargs.update(solver=cfg.solver, order=cfg.order, coarse=cfg.coarse)
     if cfg.devices:
-        kwargs.update(mesh=_mesh(cfg.devices))
+        kwargs.update(mesh=mesh(cfg.devices))
     t0 = time.perf_counter()
     try:
         res = restore(model, y, op, **kwargs)

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from ..io import list_images, read_image
@@ -132,10 +131,10 @@ def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
     steps = args.timesteps if args.ccdf is None else args.ccdf  # rows of the fixed point
     _check_range("--coarse", args.coarse, 0, steps)
     if args.devices is not None:
-        available = len(jax.devices())
-        if not 1 <= args.devices <= available:
-            raise UsageError(f"--devices must be in [1, {available}] (the devices JAX sees "
-                             f"here), got {args.devices}")
+        try:
+            engine.mesh(args.devices)
+        except ValueError as err:  # "devices must be in [1, n], got N"
+            raise UsageError(f"--{err}") from None
     options = {k: getattr(args, k) for k in ("m", "max_steps", "tol", "lam", "beta")
                if getattr(args, k) is not None}
     solver = None
