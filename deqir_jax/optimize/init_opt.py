@@ -153,7 +153,7 @@ def optimize_init(
                            dtype=dtype, **restore_options)
     loss_fn = make_loss(loss, target=target, reference=reference, op=op, y=problem.y,
                         lpips_net=lpips_net)
-    solver = make_solver(method, timesteps, solver)
+    solver = make_solver(method, problem.num_steps, solver)  # (ccdf: fewer rows than T)
     eps_fn = _remat(model.eps_fn) if remat else model.eps_fn
     fmap = DEQMap(eps_view(eps_fn, problem.x_T.shape[-1]))
     optimizer = _adam(float(learning_rate)) if optimizer is None else optimizer
