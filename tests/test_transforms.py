@@ -217,3 +217,42 @@ def test_an_image_does_not_depend_on_its_batch_neighbours(problem):
         np.testing.assert_allclose(np.asarray(full.image[:1]), np.asarray(first.image),
                                    atol=1e-6)
         np.testing.assert_array_equal(np.asarray(full.noise[:1]), np.asarray(first.noise))
+
+
+@pytest.mark.parametrize("name", ["sequential", "anderson"])
+def test_ccdf_under_jit_vmap_grad(problem, name):
+    """restore(ccdf=K) as a user transforms it: jit and vmap (over images) equal the eager
+    call, and the gradient w.r.t. x_T and y equals the sequential sampler's with the same
+    CCDF start (x64 off)."""
+    model, op, y = problem
+    k = 3
+    eager = _restore(model, y, op, name, ccdf=k).image
+    jitted = jax.jit(lambda yy: _restore(model, yy, op, name, ccdf=k).image)(y)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5)  # as above
+    prob = dq.make_problem(model, y, op, timesteps=T, **KW)
+    one = lambda yy, xt, z: _restore(model, yy[None], op, name, x_T=xt[None], noise=z[None],
+                                     ccdf=k).image[0]
+    mapped = jax.vmap(one)(y, prob.x_T, prob.noise)
+    np.testing.assert_allclose(np.asarray(mapped), np.asarray(eager), atol=1e-5)
+
+    def loss(x_T, yy, which):
+        img = _restore(model, yy, op, which, x_T=x_T, noise=prob.noise, ccdf=k).image
+        return jnp.sum(jnp.square(img - 0.1))
+
+    ref = jax.grad(loss, argnums=(0, 1))(prob.x_T, y, "sequential")
+    got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(prob.x_T, y, name)
+    for r, g in zip(ref, got, strict=True):
+        rel = float(jnp.linalg.norm(r - g) / jnp.linalg.norm(r))
+        assert rel <= 1e-4, rel  # the float32 bound of test_grad_equals_sequential_grad
+
+
+def test_conv2d_under_vmap():
+    """The CPU conv's own derivative under vmap (over a leading axis of inputs) equals lax's."""
+    from deqir_jax.models.layers import _lax_conv, conv2d
+
+    k = jax.random.normal(jax.random.key(0), (3, 3, 4, 5))
+    xs = jax.random.normal(jax.random.key(1), (3, 2, 8, 8, 4))
+    pad = ((1, 1), (1, 1))
+    grad = lambda f: jax.vmap(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, k, 1, pad)))))(xs)
+    # 2e-5: the float32 summation-order bound of test_conv2d_derivatives_equal_lax
+    np.testing.assert_allclose(grad(conv2d), grad(_lax_conv), rtol=2e-5, atol=2e-4)
