@@ -40,9 +40,11 @@ def table(rows: list[dict], fmt=str) -> list[str]:
             + ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows])
 
 
-def best_of(fn, repeats: int):
+def best_of(fn, repeats: int, warmup: bool = False):
     """(last output, best seconds) over ``repeats`` calls of ``fn()``, each ended by
-    block_until_ready."""
+    block_until_ready; ``warmup``: one untimed call first (compilation)."""
+    if warmup:
+        jax.block_until_ready(fn())
     best, out = float("inf"), None
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -55,5 +57,4 @@ def best_of(fn, repeats: int):
 def best_time(f, *args, repeats: int = 3) -> float:
     """Seconds of the fastest of ``repeats`` calls of ``f(*args)``, after one untimed call
     that compiles."""
-    jax.block_until_ready(f(*args))
-    return best_of(lambda: f(*args), repeats)[1]
+    return best_of(lambda: f(*args), repeats, warmup=True)[1]

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from deqir_jax.restore import _parallel, _sequential, eps_view, make_problem, ma
 from deqir_jax.solve import Anderson, Picard
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import header, machine, table, write_csv  # noqa: E402
+from _report import best_of, header, machine, table, write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,18 +60,6 @@ def test_image(size: int):
         return img[top:top + size, left:left + size], f"{path.name} centre crop {size}px"
     rng = np.random.default_rng(0)
     return rng.uniform(-1, 1, (size, size, 3)).astype(np.float32), "random image"
-
-
-def timed(fn, repeats):
-    out = fn()
-    jax.block_until_ready(out)
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        jax.block_until_ready(out)
-        best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def temp_bytes(jitted, *args):
@@ -109,7 +96,8 @@ def run(args):
     for T in args.timesteps:
         problem = make_problem(model, y, op, timesteps=T, key=0, etw=0.1)
         eps = eps_view(model.eps_fn, 3)
-        seq, t_seq = timed(lambda p=problem, e=eps: _sequential(e, p), args.repeats)
+        seq, t_seq = best_of(lambda p=problem, e=eps: _sequential(e, p), args.repeats,
+                             warmup=True)
         rows.append(dict(T=T, variant="sequential", iterations=T, nfe=T, converged=True,
                          max_abs=0.0, psnr_vs_seq=float("inf"), psnr_vs_gt=psnr(seq[0], img),
                          seconds=t_seq, speedup=1.0,
@@ -118,9 +106,8 @@ def run(args):
         X0 = initial_trajectory(problem)
         rs = jnp.asarray(problem.coeffs.sqrt_1ma, jnp.float32)
         for name, solver in variants(T).items():
-            sol, sec = timed(lambda s=solver, p=problem, x=X0, f=fmap, r=rs:
-                             _parallel(f, s, x, p, r),
-                             args.repeats)
+            sol, sec = best_of(lambda s=solver, p=problem, x=X0, f=fmap, r=rs:
+                               _parallel(f, s, x, p, r), args.repeats, warmup=True)
             img_hat = sol.value[0, -1]
             h = np.asarray(sol.stats.residual_history)
             hist[(T, name)] = h[~np.isnan(h)].tolist()
