@@ -4,10 +4,12 @@
 """
 
 from . import diffusion, io, metrics, models, operators, optimize, parallel, solve, train
+from .diffusion import Sampler
 from .restore import Restoration, SolverError, make_problem, make_solver, restore
 
 __all__ = [
     "Restoration",
+    "Sampler",
     "SolverError",
     "diffusion",
     "io",

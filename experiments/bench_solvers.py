@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import deqir_jax as dq
-from deqir_jax.diffusion import DEQMap, SlidingWindow, initial_trajectory
+from deqir_jax.diffusion import DEQMap, initial_trajectory
 from deqir_jax.restore import _parallel, _sequential, eps_view, make_problem, make_solver
-from deqir_jax.solve import Anderson, Picard
+from deqir_jax.solve import Anderson, Picard, SlidingWindow
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import best_of, header, machine, table, write_csv  # noqa: E402

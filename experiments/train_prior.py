@@ -129,8 +129,8 @@ def sanity(argv: list[str]) -> int:
 
     import deqir_jax as dq
     from deqir_jax import models as M
-    from deqir_jax.diffusion.schedules import alphas_cumprod, linear_betas
     from deqir_jax.io import list_images, read_image, save_grid
+    from deqir_jax.schedules import alphas_cumprod, linear_betas
 
     p = argparse.ArgumentParser(prog="train_prior.py --sanity")
     p.add_argument("model", help="model checkpoint directory")

@@ -19,10 +19,12 @@ import sys
 import types
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
+import deqir_jax as dq
 from deqir_jax import models
 from deqir_jax.cli import main
 from deqir_jax.cli.engine import COLUMNS
@@ -437,7 +439,7 @@ def test_ccdf_flag(capsys, tmp_path, model_dir, inputs):
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["sampler"]["ccdf"] == 2
     code, _, err = run(capsys, *common, "-o", tmp_path / "d", "--ccdf", "5")
-    assert code == 2 and "--ccdf must be <= 4" in err
+    assert code == 2 and "--ccdf must be an integer in [1, 4], got 5" in err
 
 
 def test_devices_flag(capsys, tmp_path, model_dir, inputs):
@@ -470,6 +472,48 @@ def test_devices_flag(capsys, tmp_path, model_dir, inputs):
             # differs, far under 0.01 dB; sequential is data parallel and bit-identical.
             assert abs(float(x["psnr"]) - float(y["psnr"])) < 0.01, (a, b, x["name"])
     code, err = cli("bad", "--method", "picard", "--devices", "3")
-    assert code == 2 and "4 timesteps of the parallel solve must be divisible" in err
+    assert code == 2 and "--devices 3: timesteps T=4 must be divisible by the 3 devices" in err
     code, err = cli("bad2", "--method", "sequential", "--devices", "9")
-    assert code == 2 and "--devices must be in [1, 8]" in err
+    assert code == 2 and "--devices 9: devices must be in [1, 8]" in err
+
+
+def test_seed_equals_library_key(capsys, tmp_path, model_dir, inputs):
+    """``deqir restore --seed k`` on two images restores each as ``dq.restore(key=k)`` restores
+    them stacked (image i draws from fold_in(key(k), i)), to the 8-bit level."""
+    files = [inputs / "clean.png", inputs / "gray.png"]
+    code, _, err = run(capsys, "restore", *files, "--task", "sr", "--scale", "2", "--model",
+                       model_dir, *FAST, "--seed", "3", "--etw", "0.5", "--fresh-noise",
+                       "--batch-size", "1", "-o", tmp_path / "o")
+    assert code == 0, err
+    model = models.load(model_dir)
+    x = jnp.stack([jnp.asarray(dq.io.read_image(f)) for f in files])
+    op = dq.operators.get("sr_bicubic", image_shape=(16, 16, 3), scale=2)
+    res = dq.restore(model, op.A(x), op, 4, "sequential", key=3, etw=0.5, fresh_noise=True)
+    for i, f in enumerate(files):
+        cli = np.asarray(Image.open(tmp_path / "o" / f"{f.stem}_restored.png"), np.int32)
+        lib = np.round((np.clip(np.asarray(res.image[i]), -1, 1) + 1) * 127.5).astype(np.int32)
+        assert np.abs(cli - lib).max() <= 1, f.name
+
+
+def test_model_settings_used_unless_overridden(capsys, tmp_path, model_dir, inputs):
+    """A checkpoint's recommended sampler settings are what the CLI runs without flags (and
+    it says so); a flag overrides one setting; --official-sampler selects the official
+    example's settings."""
+    stored = tmp_path / "with_settings"
+    models.save(models.load(model_dir).replace(sampler=dq.Sampler(timesteps=3, etw=0.4)), stored)
+    common = ["restore", inputs / "clean.png", "--task", "sr", "--scale", "2", "--model",
+              stored, "--method", "sequential", "--no-lpips"]
+
+    def sampler(out, *flags):
+        code, out_text, err = run(capsys, *common, *flags, "-o", tmp_path / out)
+        assert code == 0, err
+        return json.loads((tmp_path / out / "summary.json").read_text())["sampler"], out_text
+
+    s, text = sampler("a")
+    assert (s["timesteps"], s["etw"], s["nw"]) == (3, 0.4, 0.0)
+    assert "sampler: T=3, etw=0.4, nw=0, one shared noise (the model's recommended " \
+           "settings)" in text
+    s, text = sampler("b", "--etw", "0.2")
+    assert (s["timesteps"], s["etw"]) == (3, 0.2) and "with --etw" in text
+    s, _ = sampler("c", "--official-sampler", "--timesteps", "4")
+    assert (s["timesteps"], s["etw"], s["nw"]) == (4, 0.1, 0.0)

@@ -99,7 +99,7 @@ def test_restore_input_errors(gauss):
         dq.restore(gauss, jnp.zeros((1, 16, 16, 3)), op, 5)
     with pytest.raises(ValueError, match="non-finite"):
         dq.restore(gauss, jnp.full((1, 8, 8, 3), jnp.nan), op, 5)
-    with pytest.raises(ValueError, match="timesteps T must be in"):
+    with pytest.raises(ValueError, match=r"timesteps must be an integer in \[1, 1000\]"):
         dq.restore(gauss, jnp.zeros((1, 8, 8, 3)), op, 1001)
     with pytest.raises(ValueError, match="x_T must have shape"):
         dq.restore(gauss, jnp.zeros((1, 8, 8, 3)), op, 5, x_T=jnp.zeros((1, 4, 4, 3)))
@@ -135,7 +135,7 @@ def test_restore_samples_is_mean_of_independent_restorations(gauss, method):
     # keyed draws: K independent samples per image, different from samples=1
     keyed = dq.restore(gauss, y, op, 6, "sequential", samples=K, key=1, dtype=jnp.float64)
     assert keyed.x_T.shape == (2 * K,) + SHAPE and keyed.samples.shape == (2, K) + SHAPE
-    with pytest.raises(ValueError, match="samples must be a positive integer"):
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
         dq.restore(gauss, y, op, 6, "sequential", samples=0)
     with pytest.raises(ValueError, match="x_T must have shape"):
         dq.restore(gauss, y, op, 6, "sequential", samples=K, x_T=x_T[:2])

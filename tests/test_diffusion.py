@@ -126,7 +126,7 @@ def test_triangular_jacobian(gauss):
 
 @pytest.mark.parametrize("W", [1, 3, 10])
 def test_sliding_window_reaches_sequential(gauss, W):
-    from deqir_jax.diffusion import SlidingWindow
+    from deqir_jax.solve import SlidingWindow
 
     kw = dict(key=4, image_shape=SHAPE, batch=2, nw=0.2, etw=0.3, fresh_noise=True,
               dtype=jnp.float64)

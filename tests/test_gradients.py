@@ -16,7 +16,16 @@ import deqir_jax as dq
 from deqir_jax import models, operators
 from deqir_jax.diffusion import DEQMap, GaussianModel, initial_trajectory, sequential_sample
 from deqir_jax.restore import eps_view
-from deqir_jax.solve import Anderson, Implicit, Phantom, Picard, RowScan, Unrolled, fixed_point
+from deqir_jax.solve import (
+    Anderson,
+    Implicit,
+    Phantom,
+    Picard,
+    RowScan,
+    SlidingWindow,
+    Unrolled,
+    fixed_point,
+)
 
 SHAPE = (8, 8, 3)
 T = 6
@@ -124,6 +133,25 @@ def test_parallel_adjoint_with_triangular_anderson(gauss_setup):
     g = grad(prob)
     for field in ("x_T", "y", "noise", "params"):
         assert _rel(getattr(ref, field), getattr(g, field)) <= 1e-6
+
+
+@pytest.mark.parametrize("adjoint", [Implicit(), RowScan()])
+def test_sliding_window_through_fixed_point_with_adjoints(gauss_setup, adjoint):
+    """The sliding window is a solver of ``fixed_point`` like the others: its equilibrium is
+    the sequential trajectory and the exact adjoints give the sequential gradient."""
+    _, prob, eps, target, ref = gauss_setup
+    window = SlidingWindow(window=3, tol=1e-12, max_steps=2 * T)
+    sol = fixed_point(DEQMap(eps), window, initial_trajectory(prob), prob)
+    np.testing.assert_allclose(np.asarray(sol.value[:, -1]),
+                               np.asarray(sequential_sample(eps, prob)), atol=1e-10)
+    assert int(sol.result) == 0 and int(sol.stats.row_evals) == 3 * int(sol.stats.map_evals)
+    g = _grad(prob, eps, target, window, adjoint)
+    for field in ("x_T", "y", "noise", "params"):
+        assert _rel(getattr(ref, field), getattr(g, field)) <= 1e-6
+    with pytest.raises(TypeError, match="window"):
+        fixed_point(lambda x, p: x, window, initial_trajectory(prob), prob)
+    with pytest.raises(TypeError, match="Unrolled"):
+        fixed_point(DEQMap(eps), window, initial_trajectory(prob), prob, adjoint=Unrolled())
 
 
 def test_rowscan_needs_a_row_map(gauss_setup):

@@ -87,20 +87,38 @@ def test_grad_equals_sequential_grad(problem, name):
         assert rel <= 1e-4, rel
 
 
-def test_per_image_nonfinite_code_under_jit(problem):
-    """One bad image (NaN measurements slip past the eager checks inside jit) is reported
-    NONFINITE on its own; its neighbours converge. Eagerly the input check refuses it."""
+def _nan_for_large_inputs(params, x, t):
+    """The Gaussian prior's ε, NaN on rows whose input is far outside the data range: a model
+    that fails on one image of a batch (the one started from a huge x_T)."""
+    eps = dq.diffusion.gaussian_eps(params, x, t)
+    big = jnp.max(jnp.abs(x), axis=(1, 2, 3), keepdims=True) > 20
+    return jnp.where(big, jnp.nan, eps)
+
+
+@pytest.mark.parametrize("name", ["sequential", "anderson"])
+def test_nonfinite_model_per_image_code_under_jit(problem, name):
+    """A NaN-producing model on one image of three: under jit that image is reported
+    NONFINITE on its own (``stats["image_result"]``, the batch's worst in ``"result"``) and
+    its neighbours converge; eagerly the friendly layer raises SolverError naming it."""
     model, op, y = problem
-    bad = y.at[1].set(jnp.nan)
+    nan_model = GaussianModel(params=model.params, eps_fn=_nan_for_large_inputs)
+    x_T = jax.random.normal(jax.random.key(0), y.shape[:1] + SHAPE).at[1].set(50.0)
 
     @jax.jit
-    def codes(yy):
-        return _restore(model, yy, op, "anderson").stats["result"]
+    def stats(xt):
+        st = _restore(nan_model, y, op, name, x_T=xt).stats
+        return st["image_result"], st["result"], st["converged"]
 
-    assert np.asarray(codes(bad)).tolist() == [0, 2, 0]
-    assert np.asarray(codes(y)).tolist() == [0, 0, 0]
-    with pytest.raises(ValueError, match="non-finite"):
-        _restore(model, bad, op, "anderson")
+    codes, worst, converged = stats(x_T)
+    assert np.asarray(codes).tolist() == [0, 2, 0]
+    assert int(worst) == 2 and not bool(converged)
+    codes, worst, _ = stats(x_T.at[1].set(0.0))
+    assert np.asarray(codes).tolist() == [0, 0, 0] and int(worst) == 0
+    with pytest.raises(dq.SolverError, match=r"non-finite values \(NaN or Inf\) for "
+                                             r"image\(s\) \[1\]"):
+        _restore(nan_model, y, op, name, x_T=x_T)
+    with pytest.raises(ValueError, match="non-finite"):  # bad inputs are refused up front
+        _restore(model, y.at[1].set(jnp.nan), op, name)
 
 
 def test_default_solver_in_float32_stops_and_stays_float32(problem):
@@ -207,16 +225,58 @@ def test_v_model_refuses_another_schedule():
 
 
 def test_an_image_does_not_depend_on_its_batch_neighbours(problem):
-    """x_T and the noises of image b are row b of one draw (threefry is partitionable: a row
-    does not depend on how many rows are drawn), so an image restores the same whatever
-    follows it in the batch; the parallel solver stops per image."""
+    """Image b draws from ``fold_in(key, b)``: restored alone with that key (a one-element key
+    array, as the CLI passes them) it equals its row of the batch, for every b; the parallel
+    solver stops per image. Sample 0 of ``samples=3`` is the ``samples=1`` draw."""
     model, op, y = problem
+    key = jax.random.key(0)
     for name in ("sequential", "anderson"):
         full = _restore(model, y, op, name, fresh_noise=True)
-        first = _restore(model, y[:1], op, name, fresh_noise=True)
-        np.testing.assert_allclose(np.asarray(full.image[:1]), np.asarray(first.image),
-                                   atol=1e-6)
-        np.testing.assert_array_equal(np.asarray(full.noise[:1]), np.asarray(first.noise))
+        for b in range(3):
+            alone = dq.restore(model, y[b:b + 1], op, T, "sequential" if name == "sequential"
+                               else "anderson", key=jax.random.fold_in(key, b)[None],
+                               etw=0.1, fresh_noise=True, **SOLVERS[name])
+            np.testing.assert_allclose(np.asarray(full.image[b]), np.asarray(alone.image[0]),
+                                       atol=1e-6)
+            np.testing.assert_array_equal(np.asarray(full.noise[b]), np.asarray(alone.noise[0]))
+    one = _restore(model, y, op, "sequential")
+    three = _restore(model, y, op, "sequential", samples=3)
+    np.testing.assert_array_equal(np.asarray(three.samples[:, 0]), np.asarray(one.image))
+    assert not np.allclose(np.asarray(three.samples[:, 1]), np.asarray(one.image))
+
+
+def test_keys_one_per_image_and_errors(problem):
+    """``key`` may be an int, a typed key, a raw ``PRNGKey`` pair or one key per image; other
+    shapes are refused with a message that names them."""
+    model, op, y = problem
+    run = lambda k: dq.restore(model, y, op, T, "sequential", key=k, etw=0.1).image
+    ref = np.asarray(run(5))
+    np.testing.assert_array_equal(np.asarray(run(jax.random.key(5))), ref)
+    np.testing.assert_array_equal(np.asarray(run(jax.random.PRNGKey(5))), ref)
+    keys = jnp.stack([jax.random.fold_in(jax.random.key(5), b) for b in range(3)])
+    np.testing.assert_array_equal(np.asarray(run(keys)), ref)
+    with pytest.raises(ValueError, match=r"one per image, shape \(3,\)"):
+        run(keys[:2])
+    with pytest.raises(TypeError, match="int seed or a PRNG key"):
+        run(jnp.zeros((3,), jnp.float32))
+
+
+def test_throw_under_vmap_and_grad(problem):
+    """throw=True raises at run time under jax.vmap (over images) and inside jax.grad too;
+    finite inputs run as without it."""
+    model, op, y = problem
+    f = jax.vmap(lambda yy, k: dq.restore(model, yy[None], op, T, "anderson", key=k[None],
+                                          etw=0.1, throw=True).image[0])
+    keys = jnp.stack([jax.random.fold_in(jax.random.key(0), b) for b in range(3)])
+    assert np.all(np.isfinite(np.asarray(f(y, keys))))
+    with pytest.raises(Exception, match=r"non-finite values \(NaN or Inf\)"):
+        jax.block_until_ready(f(y.at[1].set(jnp.nan), keys))
+    x_T = jax.random.normal(jax.random.key(1), y.shape[:1] + SHAPE)
+    g = jax.grad(lambda x: dq.restore(model, y, op, T, "sequential", x_T=x, etw=0.1,
+                                      throw=True).image.sum())
+    assert np.all(np.isfinite(np.asarray(g(x_T))))
+    with pytest.raises(Exception, match=r"non-finite values \(NaN or Inf\) for image\(s\) \[2\]"):
+        jax.block_until_ready(g(x_T.at[2].set(jnp.inf)))
 
 
 @pytest.mark.parametrize("name", ["sequential", "anderson"])

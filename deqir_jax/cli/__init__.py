@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore a bundled sample photograph (scikit-image's astronaut) with every "
         f"task on the default model and write <task>_grid.png, demo_grid.png (rows = tasks; "
         f"columns = original, y, A+y, restored), metrics.csv and summary.json. The defaults "
-        f"(--size {demo.DEFAULT_SIZE}, --timesteps {demo.DEFAULT_TIMESTEPS}) run on a CPU in "
-        "a few minutes.")
+        f"(--size {demo.DEFAULT_SIZE}, the default model's recommended sampler) run on a CPU "
+        "in a few minutes.")
     demo.add_arguments(p)
     p.set_defaults(func=demo.run)
 

@@ -31,11 +31,10 @@ from .common import (
     write_csv,
     write_json,
 )
-from .restore_cmd import add_sampling_arguments, run_config
+from .restore_cmd import add_sampling_arguments, run_config, sampler_source
 from .tasks import TaskSpec, make_operator, pad_like_image, padded_size, resolve_mask
 
 DEFAULT_SIZE = 64
-DEFAULT_TIMESTEPS = 25
 DEFAULT_OUTDIR = "deqir_demo"
 #: Task settings of the demo (the library defaults unless stated).
 DEMO_PARAMS = {
@@ -56,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="side of the square sample image in pixels (default: %(default)s)")
     p.add_argument("--image", metavar="PATH", help="use this image (centre-cropped to a "
                    "square) instead of the bundled sample photograph")
-    add_sampling_arguments(p, DEFAULT_TIMESTEPS)
+    add_sampling_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -126,8 +125,10 @@ def run(args) -> int:
     tasks = _tasks(args.tasks)
     if not 8 <= args.size <= 1024:
         raise UsageError(f"--size must be between 8 and 1024 pixels, got {args.size}")
-    cfg = run_config(args, lpips=not args.no_lpips)
+    model, model_desc = load_model(args.model)
+    cfg = run_config(args, model, lpips=not args.no_lpips)
     note(f"method: {cfg.method} ({cfg.method_reason})")
+    note(f"sampler: {cfg.sampler.describe()} ({sampler_source(args, model)})")
     outdir = Path(args.outdir)
     check_outdir(outdir)
     paths = {"original": outdir / "original.png", "grid": outdir / "demo_grid.png",
@@ -135,7 +136,6 @@ def run(args) -> int:
     task_grids = {t: outdir / f"{t}_grid.png" for t in tasks}
     check_outputs(list(paths.values()) + list(task_grids.values()), args.overwrite)
     image, source = sample_image(args.size, args.image)
-    model, model_desc = load_model(args.model)
     mm = size_multiple(model)
     h, w = image.shape[:2]
     write_image(paths["original"], image, overwrite=args.overwrite)
@@ -147,7 +147,8 @@ def run(args) -> int:
                         seed=args.seed)
         task_cfg = cfg
         if task == "denoising":
-            task_cfg = dataclasses.replace(cfg, sigma_y=DEMO_DENOISE_SIGMA, noise_aware=True)
+            task_cfg = dataclasses.replace(cfg, sampler=cfg.sampler.replace(
+                sigma_y=DEMO_DENOISE_SIGMA, noise_aware=True))
         padded = padded_size(spec, h, w, mm)
         mask = resolve_mask(spec, h, w, padded, "the sample") if task == "inpainting" else None
         job = engine.Job(0, task, source, (h, w), padded, spec, original=image,

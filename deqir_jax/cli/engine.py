@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import metrics
+from ..diffusion import Sampler
 from ..io import make_grid, resize_nearest, write_image, write_uint8
 from ..restore import SolverError, restore
 from .tasks import TaskSpec, y_picture
@@ -36,27 +37,21 @@ LPIPS_MIN_SIZE = 31
 class RunConfig:
     """Everything about a restore call except the images and the operator."""
 
-    timesteps: int
+    sampler: Sampler
     method: str
     solver: Any  # an Anderson/Picard dataclass; None for sequential
-    nw: float = 0.0
-    etw: float = 0.1
-    sigma_y: float = 0.0
-    noise_aware: bool = False
-    fresh_noise: bool = False
     chunk_size: int | None = None
     strict: bool = False
     seed: int = 0
     lpips: bool = True
-    samples: int = 1
     order: int | None = None
     coarse: int = 0
-    ccdf: int | None = None
     devices: int | None = None  # a mesh of this many devices (None: one device)
     method_reason: str = "asked for"
 
     def describe(self) -> dict:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "solver"}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("solver", "sampler")}
+        d.update(self.sampler.to_dict())
         if self.solver is not None:
             d["solver"] = {"type": type(self.solver).__name__, **dataclasses.asdict(self.solver)}
         return d
@@ -66,7 +61,7 @@ class RunConfig:
 class Job:
     """One image to restore, already padded to the operator's size."""
 
-    index: int  # selects the image's PRNG stream: fold_in(key(seed), index)
+    index: int  # selects the image's PRNG key: fold_in(key(seed), index)
     name: str
     source: str
     hw: tuple[int, int]  # restored (cropped) size
@@ -94,9 +89,11 @@ class Outcome:
     error: str | None = None
 
 
-def _keys(cfg: RunConfig, index: int):
-    k = jax.random.fold_in(jax.random.key(cfg.seed), index)
-    return jax.random.split(k, 3)
+def image_key(seed: int, index: int):
+    """The i-th image's key, ``fold_in(key(seed), i)``: what ``dq.restore(key=seed)`` gives
+    the i-th image of a batch, so ``--seed k`` restores a folder's images as
+    ``dq.restore(..., key=k)`` restores them stacked."""
+    return jax.random.fold_in(jax.random.key(seed), index)
 
 
 @functools.lru_cache(maxsize=4)
@@ -113,32 +110,24 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
     ``cfg.devices``: the parallel methods split the timesteps over a mesh of that many
     devices, sequential splits the images (the group is padded with copies of its last image
     to a multiple of the devices; the copies are dropped)."""
-    shape = tuple(op.image_shape)
-    steps = cfg.timesteps if cfg.fresh_noise else 1
-    xs, noises, ys = [], [], []
+    sampler = cfg.sampler
     padded = list(jobs)
     if cfg.devices and cfg.method == "sequential":
         padded += [jobs[-1]] * (-len(jobs) % cfg.devices)
-    for job in padded:
-        kx, kz, ky = _keys(cfg, job.index)
-        k = cfg.samples  # K draws per image, rows image-major (one draw: the key itself)
-        kxs, kzs = (jax.random.split(a, k) if k > 1 else a[None] for a in (kx, kz))
-        xs += [jax.random.normal(a, shape, jnp.float32) for a in kxs]
-        noises += [jax.random.normal(a, (steps,) + shape, jnp.float32) for a in kzs]
+    keys = jnp.stack([image_key(cfg.seed, job.index) for job in padded])
+    ys = []
+    for job, k in zip(padded, keys, strict=True):
         if job.measured:
             ys.append(jnp.asarray(job.y_pad, jnp.float32))
         else:
             y = op.A(jnp.asarray(job.x_pad, jnp.float32)[None])[0]
-            if cfg.sigma_y > 0:  # sigma_y is in [0, 1] pixel units: doubled for [-1, 1]
-                y = y + 2.0 * cfg.sigma_y * jax.random.normal(ky, y.shape, jnp.float32)
+            if sampler.sigma_y > 0:  # sigma_y is in [0, 1] pixel units: doubled for [-1, 1]
+                ky = jax.random.split(k)[0]  # (x_T and the noise use fold_in(k, sample))
+                y = y + 2.0 * sampler.sigma_y * jax.random.normal(ky, y.shape, jnp.float32)
             ys.append(y.astype(jnp.float32))
     y = jnp.stack(ys)
-    kwargs = dict(
-        timesteps=cfg.timesteps, method=cfg.method, x_T=jnp.stack(xs), noise=jnp.stack(noises),
-        nw=cfg.nw, etw=cfg.etw, sigma_y=cfg.sigma_y, noise_aware=cfg.noise_aware,
-        fresh_noise=cfg.fresh_noise, chunk_size=cfg.chunk_size,
-        on_max_steps="raise" if cfg.strict else "ignore", samples=cfg.samples, ccdf=cfg.ccdf,
-    )
+    kwargs = dict(sampler=sampler, method=cfg.method, key=keys, chunk_size=cfg.chunk_size,
+                  on_max_steps="raise" if cfg.strict else "ignore")
     if cfg.method != "sequential":
         kwargs.update(solver=cfg.solver, order=cfg.order, coarse=cfg.coarse)
     if cfg.devices:
@@ -154,6 +143,7 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
     image, apy, y_np = np.asarray(image), np.asarray(res.apy), np.asarray(y)
     stats = res.stats
     residual = stats.get("residual")
+    K = sampler.samples
     out = []
     for i, job in enumerate(jobs):
         h, w = job.hw
@@ -167,12 +157,11 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
         row.update(
             consistency=float(cons.l2[i]), consistency_rms=float(cons.rms[i]),
             method=stats["method"], iterations=int(stats["iterations"]),
-            depth=int(max(stats["depth"][i * cfg.samples:(i + 1) * cfg.samples])),
+            depth=int(max(stats["depth"][i * K:(i + 1) * K])),
             nfe=int(stats["nfe"]),
-            converged=bool(all(stats["image_converged"][i * cfg.samples:
-                                                  (i + 1) * cfg.samples])),
+            converged=bool(all(stats["image_converged"][i * K:(i + 1) * K])),
             residual=None if residual is None else float(
-                np.max(np.ravel(residual)[i * cfg.samples:(i + 1) * cfg.samples])),
+                np.max(np.ravel(residual)[i * K:(i + 1) * K])),
             seconds=seconds,
         )
         if job.original is not None:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..diffusion import Sampler, sampler_for
 from ..io import list_images, read_image
+from ..parallel import check_mesh
 from ..restore import DEFAULT_ORDER, METHODS, make_solver, resolve_method
 from . import engine
 from .common import (
@@ -44,11 +46,8 @@ from .tasks import (
     task_names_help,
 )
 
-#: Default number of sampling steps of ``deqir restore`` (the official DeqIR/DDNM value).
-DEFAULT_TIMESTEPS = 25
 
-
-def add_sampling_arguments(p: argparse.ArgumentParser, timesteps: int) -> None:
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """Model, sampler and solver flags (shared by ``restore`` and ``demo``)."""
     g = p.add_argument_group("model and sampler")
     g.add_argument("--model", metavar="PATH", help="model checkpoint directory (default: the "
@@ -57,22 +56,30 @@ def add_sampling_arguments(p: argparse.ArgumentParser, timesteps: int) -> None:
                    help="sequential sampling or the DEQ fixed point solved by Picard or "
                    "Anderson iteration (default: auto = sequential on a CPU, where a batched "
                    "call of T network rows costs about T single calls, anderson on a GPU/TPU)")
-    g.add_argument("--timesteps", type=int, default=timesteps, metavar="T",
-                   help="sampling steps T (default: %(default)s)")
+    g.add_argument("--timesteps", type=int, metavar="T", help="sampling steps T (default: the "
+                   f"model's recommended settings, else {Sampler().timesteps})")
     g.add_argument("--seed", type=int, default=0, help="seed of x_T, the sampling noise, the "
-                   "measurement noise, random masks and the CS permutation (default: 0)")
-    g.add_argument("--nw", type=float, default=0.0, help="DeqIR noise weight in [0, 1] "
-                   "(default: %(default)s)")
-    g.add_argument("--etw", type=float, default=0.1, help="DeqIR eps weight in [0, 1] "
-                   "(default: %(default)s, the official example)")
-    g.add_argument("--fresh-noise", action="store_true", help="a new noise z per step "
-                   "(standard DDNM) instead of the official single shared z")
-    g.add_argument("--samples", type=int, default=1, metavar="K", help="restore K posterior "
-                   "samples per image (independent x_T) and output their mean, a Monte-Carlo "
-                   "posterior mean: higher PSNR, less detail (default: 1)")
+                   "measurement noise, random masks and the CS permutation; the i-th image "
+                   "draws from fold_in(key(seed), i), as dq.restore(key=seed) does (default: 0)")
+    g.add_argument("--nw", type=float, help="DeqIR noise weight in [0, 1] (default: the "
+                   "model's recommended settings, else 0)")
+    g.add_argument("--etw", type=float, help="DeqIR eps weight in [0, 1] (default: the "
+                   "model's recommended settings, else 0; the official example uses 0.1)")
+    g.add_argument("--fresh-noise", action=argparse.BooleanOptionalAction, default=None,
+                   help="a new noise z per step (standard DDNM) instead of the official single "
+                   "shared z (default: the model's recommended settings, else shared)")
+    g.add_argument("--samples", type=int, metavar="K", help="restore K posterior samples per "
+                   "image (independent x_T) and output their mean, a Monte-Carlo posterior "
+                   "mean: higher PSNR, less detail (default: the model's recommended settings, "
+                   "else 1)")
     g.add_argument("--ccdf", type=int, metavar="K", help="run only the last K of the T steps, "
                    "starting from A+y diffused to that time (CCDF): K network rows instead of "
-                   "T (default: all T steps from noise)")
+                   "T; K = T runs every step (default: the model's recommended settings, else "
+                   "all T steps from noise)")
+    g.add_argument("--official-sampler", action="store_true", help="the official DeqIR "
+                   "example's sampler settings (T 25, etw 0.1, nw 0, one shared noise, one "
+                   "sample) instead of the model's recommended ones; other sampler flags still "
+                   "override them")
     g.add_argument("--devices", type=int, metavar="N", help="use N devices (a mesh): "
                    "anderson/picard split the T timesteps over them (T divisible by N), "
                    "sequential splits the images of each batch (use a --batch-size that is a "
@@ -112,29 +119,56 @@ def _check_range(name: str, value, lo=None, hi=None, *, lo_open=False) -> None:
         raise UsageError(f"{name} must be <= {hi}, got {value}")
 
 
-def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
-               lpips: bool = True) -> engine.RunConfig:
-    """Validate the sampler/solver flags and build the solver (before any work)."""
+def sampler_from_args(args, model, **task) -> Sampler:
+    """The sampler settings of a run: ``--official-sampler``'s or the model's recommended
+    ones (else the library's), overridden by the sampler flags that were given and ``task``
+    (e.g. the measurement noise); a bad value is a :class:`UsageError`."""
     _check_range("--timesteps", args.timesteps, 1, 1000)
     _check_range("--nw", args.nw, 0.0, 1.0)
     _check_range("--etw", args.etw, 0.0, 1.0)
+    _check_range("--samples", args.samples, 1)
+    given = {k: getattr(args, k) for k in ("timesteps", "nw", "etw", "fresh_noise", "samples",
+                                             "ccdf")}
+    given = {k: v for k, v in given.items() if v is not None}
+    base = Sampler.official() if args.official_sampler else sampler_for(model)
+    if "timesteps" in given and "ccdf" not in given and base.ccdf is not None \
+            and base.ccdf > given["timesteps"]:
+        given["ccdf"] = None  # a recommended start later than the asked T: run every step
+    try:
+        return base.replace(**given, **task)
+    except ValueError as err:  # "ccdf must be ..." -> "--ccdf must be ..."
+        field = str(err).split(" ", 1)[0]
+        flag = f"--{field.replace('_', '-')}" if field in given else "sampler setting " + field
+        raise UsageError(f"{flag}{str(err)[len(field):]}") from None
+
+
+def sampler_source(args, model) -> str:
+    """Where the run's sampler settings come from, for the log line."""
+    base = ("--official-sampler" if args.official_sampler else "the model's recommended "
+            "settings" if getattr(model, "sampler", None) is not None else "library defaults")
+    flags = [f"--{k.replace('_', '-')}" for k in ("timesteps", "nw", "etw", "fresh_noise",
+                                                  "samples", "ccdf")
+             if getattr(args, k) is not None]
+    return base + (f" with {' '.join(flags)}" if flags else "")
+
+
+def run_config(args, model, *, sigma_y: float = 0.0, noise_aware: bool = False,
+               lpips: bool = True) -> engine.RunConfig:
+    """Validate the sampler/solver flags and build the sampler and the solver (before any
+    work)."""
     _check_range("--sigma-y", sigma_y, 0.0, 1.0)
     _check_range("--chunk-size", args.chunk_size, 1)
-    _check_range("--samples", args.samples, 1)
     _check_range("--m", args.m, 1)
     _check_range("--max-anderson-iters", args.max_steps, 1)
     _check_range("--tol", args.tol, 0.0, lo_open=True)
     _check_range("--lam", args.lam, 0.0)
     _check_range("--anderson-beta", args.beta, 0.0, 1.0, lo_open=True)
     _check_range("--order", args.order, 1)
-    _check_range("--ccdf", args.ccdf, 1, args.timesteps)
-    steps = args.timesteps if args.ccdf is None else args.ccdf  # rows of the fixed point
+    _check_range("--ccdf", args.ccdf, 1)
+    extra = dict(sigma_y=sigma_y, noise_aware=True) if noise_aware else {}
+    sampler = sampler_from_args(args, model, **extra)
+    steps = sampler.steps  # rows of the fixed point
     _check_range("--coarse", args.coarse, 0, steps)
-    if args.devices is not None:
-        try:
-            engine.mesh(args.devices)
-        except ValueError as err:  # "devices must be in [1, n], got N"
-            raise UsageError(f"--{err}") from None
     options = {k: getattr(args, k) for k in ("m", "max_steps", "tol", "lam", "beta")
                if getattr(args, k) is not None}
     solver = None
@@ -162,19 +196,20 @@ def run_config(args, *, sigma_y: float = 0.0, noise_aware: bool = False,
             solver = make_solver(method, steps, None, args.faithful, **options)
         except (ValueError, TypeError) as err:
             raise UsageError(f"solver options: {err}") from None
-    if args.devices and method != "sequential" and steps % args.devices:
-        raise UsageError(f"--devices {args.devices}: the {steps} timesteps of the parallel "
-                         f"solve must be divisible by the device count")
+    if args.devices is not None:
+        try:
+            devices = engine.mesh(args.devices)
+            if method != "sequential":  # (sequential pads each batch to the device count)
+                check_mesh(devices, 1, steps)
+        except ValueError as err:  # "devices must be in [1, n], got N" / T not divisible
+            raise UsageError(f"--devices {args.devices}: {err}") from None
     order = args.order
     if order is None and method == "anderson" and not args.faithful:
         order = DEFAULT_ORDER
     return engine.RunConfig(
-        timesteps=args.timesteps, method=method, method_reason=reason, solver=solver,
-        order=order, coarse=args.coarse, ccdf=args.ccdf, devices=args.devices,
-        nw=args.nw, etw=args.etw,
-        sigma_y=sigma_y, noise_aware=noise_aware, fresh_noise=args.fresh_noise,
-        chunk_size=args.chunk_size, strict=args.strict, seed=args.seed, lpips=lpips,
-        samples=args.samples)
+        sampler=sampler, method=method, method_reason=reason, solver=solver,
+        order=order, coarse=args.coarse, devices=args.devices,
+        chunk_size=args.chunk_size, strict=args.strict, seed=args.seed, lpips=lpips)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -206,7 +241,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ratio", type=float, help="CS sampling ratio in (0, 1] (default 0.5)")
     t.add_argument("--faithful-operators", action="store_true",
                    help="the official PyTorch operators (quirks included)")
-    add_sampling_arguments(p, DEFAULT_TIMESTEPS)
+    add_sampling_arguments(p)
     o = p.add_argument_group("output")
     o.add_argument("--batch-size", type=int, default=1, help="images per restore call; "
                    "images of the same size are batched (default: 1)")
@@ -231,9 +266,11 @@ def run(args) -> int:
                          "observed, or box/half/random)")
     if args.noise_aware and args.sigma_y == 0:
         raise UsageError("--noise-aware needs --sigma-y > 0")
-    cfg = run_config(args, sigma_y=args.sigma_y, noise_aware=args.noise_aware,
+    model, model_desc = load_model(args.model)
+    cfg = run_config(args, model, sigma_y=args.sigma_y, noise_aware=args.noise_aware,
                      lpips=not args.no_lpips)
     say(f"method: {cfg.method} ({cfg.method_reason})", args.quiet)
+    say(f"sampler: {cfg.sampler.describe()} ({sampler_source(args, model)})", args.quiet)
     try:
         paths = list_images(args.inputs)
     except ValueError as err:
@@ -257,7 +294,6 @@ def run(args) -> int:
             images.append(read_image(p))
         except ValueError as err:
             raise UsageError(str(err)) from None
-    model, model_desc = load_model(args.model)
     mm = size_multiple(model)
     jobs = [_job(i, p, img, spec, args.measured, mm) for i, (p, img) in
             enumerate(zip(paths, images, strict=True)) if i not in done]

@@ -1,12 +1,6 @@
 """Schedules, step coefficients, the sequential samplers and the DeqIR fixed-point map."""
 
-from .coefficients import StepCoefficients, step_coefficients
-from .deq_map import DEQMap, initial_trajectory
-from .gaussian import GaussianModel, gaussian_eps
-from .problem import Problem
-from .samplers import coarse_segments, coarse_trajectory, ddnm_step, sequential_sample
-from .scan import affine_scan
-from .schedules import (
+from ..schedules import (
     alpha_bar_at,
     alphas_cumprod,
     cosine_betas,
@@ -14,27 +8,36 @@ from .schedules import (
     linear_betas,
     timesteps,
 )
-from .window import SlidingWindow, windowed_solve
+from .coefficients import StepCoefficients, step_coefficients
+from .deq_map import DEQMap, initial_trajectory
+from .gaussian import GaussianModel, gaussian_eps
+from .problem import Problem, ccdf_problem, image_keys, make_problem
+from .sampler import Sampler, sampler_for
+from .samplers import coarse_segments, coarse_trajectory, ddnm_step, sequential_sample
+from .scan import affine_scan
 
 __all__ = [
     "DEQMap",
-    "SlidingWindow",
     "GaussianModel",
     "Problem",
+    "Sampler",
     "StepCoefficients",
     "affine_scan",
     "alpha_bar_at",
+    "ccdf_problem",
     "alphas_cumprod",
     "coarse_segments",
     "coarse_trajectory",
     "cosine_betas",
     "ddnm_step",
     "gaussian_eps",
+    "image_keys",
     "get_betas",
     "initial_trajectory",
     "linear_betas",
+    "make_problem",
+    "sampler_for",
     "sequential_sample",
     "step_coefficients",
     "timesteps",
-    "windowed_solve",
 ]

@@ -23,7 +23,7 @@ import functools
 import jax
 import numpy as np
 
-from . import schedules
+from .. import schedules
 
 
 @functools.partial(

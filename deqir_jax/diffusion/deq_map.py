@@ -150,6 +150,22 @@ class DEQMap:
                 u_range = self._shift(u_range, p_xT)
         return u_null + u_range
 
+    def window(self, X, problem: Problem, start, size: int):
+        """Rows ``start .. start+size−1`` of ``F(X)`` (B, size, H, W, C), evaluated from the
+        current rows with row ``start − 1`` (x_T for ``start = 0``) as the state before the
+        window: one batched call of B·size rows (the sliding-window solver,
+        :class:`~deqir_jax.solve.SlidingWindow`). ``start`` may be traced."""
+        win = lambda a, axis: jax.lax.dynamic_slice_in_dim(a, start, size, axis)
+        c = problem.coeffs.astype(X.dtype)
+        prev = jax.lax.dynamic_index_in_dim(X, jnp.maximum(start - 1, 0), 1, keepdims=False)
+        init = jnp.where(start == 0, problem.x_T.astype(X.dtype), prev)
+        xin = jnp.concatenate([init[:, None], win(X, 1)[:, :-1]], axis=1)
+        cw = dataclasses.replace(c, **{f: win(getattr(c, f), 0) for f in (
+            "sqrt_a", "sqrt_1ma", "sqrt_a_next", "c1", "c2", "lam")})
+        eps = self.evaluate(problem.params, xin, win(jnp.asarray(c.t, jnp.int32), 0))
+        noise = win(problem.noise, 1) if problem.noise.shape[1] > 1 else problem.noise
+        return self.combine(eps, problem, coeffs=cw, noise=noise, init=init, base=xin)
+
     # The row structure used by the RowScan adjoint (deqir_jax.solve.RowScan).
     def row_inputs(self, X, problem: Problem):
         """Each row's predecessor, ``[x_T, x_1, …, x_{T−1}]`` (the network inputs)."""

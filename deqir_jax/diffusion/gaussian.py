@@ -8,12 +8,14 @@ tests derive sampler outputs independently of the sampler code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import schedules
+from .. import schedules
 
 
 def gaussian_eps(params, x, t, *, schedule: str = "linear"):
@@ -25,9 +27,12 @@ def gaussian_eps(params, x, t, *, schedule: str = "linear"):
     return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * params["mean"]) / var
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
+                   meta_fields=["eps_fn"])
 @dataclasses.dataclass(frozen=True)
 class GaussianModel:
-    """The Gaussian prior in the model interface used by :func:`deqir_jax.restore`."""
+    """The Gaussian prior in the model interface used by :func:`deqir_jax.restore` (a pytree:
+    ``params`` is its child)."""
 
     params: Any
     eps_fn: Any = gaussian_eps

@@ -5,7 +5,8 @@ Layout of a checkpoint directory::
     DST/
       config.json   {"format": "deqir_jax.model", "format_version": 1,
                      "architecture": "adm" | "ddpm", "config": {<every field>},
-                     "dtype": "float32" | "bfloat16", "metadata": {...optional}}
+                     "dtype": "float32" | "bfloat16", "metadata": {...optional},
+                     "sampler": {...optional: the recommended dq.Sampler settings}}
       params/       orbax StandardCheckpointer save of the params pytree
 
 Restoring builds the target tree from the config with ``jax.eval_shape`` and places every
@@ -89,6 +90,7 @@ def save(model: Model, path: str | os.PathLike, overwrite: bool = False,
 
     Refuses an existing ``path`` unless ``overwrite``; never leaves a half-written ``path``.
     ``metadata``: optional JSON-serialisable provenance stored in ``config.json``.
+    ``model.sampler`` (recommended sampler settings), when set, is stored with it.
     """
     check_params(model.config, model.params)
     data = {
@@ -101,7 +103,21 @@ def save(model: Model, path: str | os.PathLike, overwrite: bool = False,
     }
     if metadata:
         data["metadata"] = metadata
+    if model.sampler is not None:
+        data["sampler"] = _sampler(model.sampler, "model.sampler").to_dict()
     return write_checkpoint(path, data, model.params, overwrite=overwrite)
+
+
+def _sampler(value: Any, where: str):
+    """A :class:`~deqir_jax.Sampler` from a Sampler or its dict; ValueError naming ``where``."""
+    from ..diffusion.sampler import Sampler  # (the settings are a sampler concept)
+
+    if isinstance(value, Sampler):
+        return value
+    try:
+        return Sampler.from_dict(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: invalid sampler settings ({e})") from None
 
 
 def read_config(path: str | os.PathLike) -> tuple[Any, str, dict]:
@@ -145,13 +161,17 @@ def load(path: str | os.PathLike, dtype: Any = None) -> Model:
       path: the checkpoint directory.
       dtype: compute dtype override (``jnp.float32``/``jnp.bfloat16``); None keeps the saved one.
     Returns:
-      a :class:`Model` with float32 params on the default device.
+      a :class:`Model` with float32 params on the default device and the checkpoint's
+      recommended sampler settings (``model.sampler``; None if it stores none).
     Raises:
       ValueError naming the path and the problem (missing/corrupt config, params that do not
       match the config: every missing, unexpected and mis-shaped array is listed).
     """
     path = Path(path).expanduser().absolute()
-    config, saved_dtype, _ = read_config(path)
+    config, saved_dtype, data = read_config(path)
+    sampler = data.get("sampler")
+    if sampler is not None:
+        sampler = _sampler(sampler, f"{path / CONFIG_FILE} 'sampler'")
     name = saved_dtype if dtype is None else dtype_name(dtype)
     params_dir = path / PARAMS_DIR
     if not params_dir.is_dir():
@@ -176,4 +196,5 @@ def load(path: str | os.PathLike, dtype: Any = None) -> Model:
         params = _checkpointer().restore(params_dir, target)
     except Exception as e:
         raise ValueError(f"{params_dir}: could not restore params ({e})") from None
-    return Model(config=config, params=params, eps_fn=make_eps_fn(config, name), dtype=name)
+    return Model(config=config, params=params, eps_fn=make_eps_fn(config, name), dtype=name,
+                 sampler=sampler)

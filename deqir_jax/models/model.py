@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..diffusion.schedules import NUM_TRAIN_STEPS, alphas_cumprod, linear_betas
+from ..schedules import NUM_TRAIN_STEPS, alphas_cumprod, linear_betas
 from .adm import ADMUNet
 from .configs import ADMConfig, Config, DDPMConfig
 from .ddpm import DDPMUNet
@@ -168,12 +168,19 @@ class Model:
     ``model.eps_fn(model.params, x, t)`` is the full output (B, H, W, out_channels);
     ``model.eps(params, x, t)`` only the ε channels. ``dtype`` is the compute dtype name
     (``"float32"`` = promotion, or ``"bfloat16"``); params are float32 either way.
+    ``sampler``: the model's recommended sampler settings (a :class:`deqir_jax.Sampler`,
+    stored with its checkpoint), used by ``dq.restore`` and the CLI unless overridden; None:
+    the library defaults.
+
+    A pytree: ``params`` is its only child; the rest is static, so a model can be passed
+    into ``jax.jit``/``jax.grad`` like any other argument.
     """
 
     config: Config
     params: Any
     eps_fn: Callable
     dtype: str = "float32"
+    sampler: Any = None
 
     @property
     def in_channels(self) -> int:
@@ -202,6 +209,13 @@ class Model:
     def replace(self, **changes: Any) -> Model:
         """A copy with some fields replaced (e.g. ``params=...``)."""
         return dataclasses.replace(self, **changes)
+
+
+jax.tree_util.register_pytree_node(
+    Model,
+    lambda m: ((m.params,), (m.config, m.eps_fn, m.dtype, m.sampler)),
+    lambda aux, children: Model(aux[0], children[0], *aux[1:]),
+)
 
 
 def from_params(config: Config, params: Any, dtype: Any = "float32") -> Model:

@@ -20,8 +20,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ..diffusion import DEQMap, initial_trajectory
-from ..restore import eps_view, make_problem, make_solver
+from ..diffusion import DEQMap, initial_trajectory, make_problem, sampler_for
+from ..restore import eps_view, make_solver
 from ..solve import Implicit, Phantom, Result, RowScan, Unrolled, fixed_point
 from .losses import make_loss
 
@@ -102,7 +102,8 @@ def optimize_init(
     loss: str | Callable = "oracle_l2",
     target=None,
     reference=None,
-    timesteps: int = 25,
+    timesteps: int | None = None,
+    sampler=None,
     steps: int = 50,
     learning_rate: float = 1e-2,
     optimizer: optax.GradientTransformation | None = None,
@@ -135,7 +136,9 @@ def optimize_init(
         method, solver: the forward solver (``"anderson"``/``"picard"``, options as restore).
         remat: rematerialize the network in the backward pass (``jax.checkpoint``): less
             memory, one more forward per VJP.
-        Other keyword options (nw, etw, sigma_y, fresh_noise, ...) go to the problem.
+        timesteps, sampler: the sampler's settings as for :func:`deqir_jax.restore` (default:
+            the model's recommended ones); its other fields (nw, etw, sigma_y, fresh_noise,
+            ccdf, ...) may be given as keywords. One x_T per image: ``samples`` must be 1.
 
     Returns:
         :class:`InitOptResult`.
@@ -149,8 +152,13 @@ def optimize_init(
         adjoint = ADJOINTS[adjoint]()
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    problem = make_problem(model, y, op, timesteps=timesteps, key=key, x_T=x_T, noise=noise,
-                           dtype=dtype, **restore_options)
+    if timesteps is not None:
+        restore_options["timesteps"] = timesteps
+    sampler = sampler_for(model, sampler, **restore_options)
+    if sampler.samples != 1:
+        raise ValueError(f"optimize_init optimises one x_T per image: samples must be 1, got "
+                         f"{sampler.samples}")
+    problem = make_problem(model, y, op, sampler, key=key, x_T=x_T, noise=noise, dtype=dtype)
     loss_fn = make_loss(loss, target=target, reference=reference, op=op, y=problem.y,
                         lpips_net=lpips_net)
     solver = make_solver(method, problem.num_steps, solver)  # (ccdf: fewer rows than T)

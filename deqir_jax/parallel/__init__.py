@@ -108,8 +108,17 @@ class ShardedDEQMap:
         return fn(X, problem)
 
 
-def check_mesh(mesh: Mesh, images: int, timesteps: int, axis_name: str = AXIS) -> None:
-    """ValueError unless the mesh's axes divide the images and the timesteps."""
+def check_mesh(mesh: Mesh, images: int, timesteps: int | None,
+               axis_name: str = AXIS) -> None:
+    """ValueError unless the mesh's axes divide the images and the timesteps; with
+    ``timesteps=None`` (the sequential sampler, data parallel) the images are split over every
+    device of the mesh."""
+    if timesteps is None:
+        if images % mesh.size:
+            raise ValueError(f"method='sequential' on a mesh splits the images over its "
+                             f"{mesh.size} devices: the batch of {images} images must be "
+                             "divisible by that")
+        return
     n = mesh.shape[axis_name]
     if timesteps % n:
         raise ValueError(f"timesteps T={timesteps} must be divisible by the {n} devices of "

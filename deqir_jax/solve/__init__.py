@@ -3,6 +3,7 @@
 from .fixed_point import Implicit, Phantom, RowScan, Unrolled, fixed_point
 from .solution import Result, Solution, Stats
 from .solvers import Anderson, Picard, residuals
+from .window import SlidingWindow
 
 __all__ = [
     "Anderson",
@@ -11,6 +12,7 @@ __all__ = [
     "Picard",
     "Result",
     "RowScan",
+    "SlidingWindow",
     "Solution",
     "Stats",
     "Unrolled",

@@ -27,6 +27,7 @@ import numpy as np
 
 from .solution import Result, Solution, Stats
 from .solvers import Anderson, Picard, _static_dataclass
+from .window import SlidingWindow
 
 
 @_static_dataclass
@@ -107,6 +108,8 @@ def _solution(solver, state, X0):
 
 
 def _forward(fn, solver, X0, args, row_scale):
+    if isinstance(solver, SlidingWindow):
+        return solver.solve(fn, X0, args, row_scale)
     return _solution(solver, _drive_while(fn, solver, X0, args, row_scale), X0)
 
 
@@ -200,7 +203,7 @@ _rowscan_solve.defvjp(_rowscan_fwd, _rowscan_bwd)
 
 def fixed_point(
     fn: Callable,
-    solver: Anderson | Picard,
+    solver: Anderson | Picard | SlidingWindow,
     X0: jax.Array,
     args,
     *,
@@ -212,7 +215,8 @@ def fixed_point(
     Args:
         fn: the map, a pure function ``fn(X, args) -> X`` (nothing closed over that needs a
             gradient); hashable (a module-level function or a frozen dataclass).
-        solver: :class:`Anderson` or :class:`Picard` (static hyperparameters).
+        solver: :class:`Anderson`, :class:`Picard` or, for a causal row map with a
+            ``window`` method (the DEQ map), :class:`SlidingWindow` (static hyperparameters).
         X0: (B, R, ...) start; B problems of R rows.
         args: pytree of everything the map reads; gradients flow to it.
         adjoint: gradient strategy, default :class:`Implicit`; :class:`RowScan` for maps
@@ -223,8 +227,9 @@ def fixed_point(
     Returns:
         :class:`Solution` with ``value``, ``result`` (:class:`Result` code) and ``stats``.
     """
-    if not isinstance(solver, (Anderson, Picard)):
-        raise TypeError(f"solver must be Anderson(...) or Picard(...), got {type(solver).__name__}")
+    if not isinstance(solver, (Anderson, Picard, SlidingWindow)):
+        raise TypeError(f"solver must be Anderson(...), Picard(...) or SlidingWindow(...), got "
+                        f"{type(solver).__name__}")
     adjoint = Implicit() if adjoint is None else adjoint
     if isinstance(adjoint, RowScan):
         missing = [a for a in ("row_step", "row_inputs", "add_input_cotangent")
@@ -236,6 +241,9 @@ def fixed_point(
     if isinstance(adjoint, Implicit):
         return _implicit_solve(fn, solver, adjoint, X0, args, row_scale)
     if isinstance(adjoint, Unrolled):
+        if isinstance(solver, SlidingWindow):
+            raise TypeError("adjoint=Unrolled() unrolls Anderson or Picard steps; the sliding "
+                            "window's gradients come from Implicit(), RowScan() or Phantom()")
         return _solution(solver, _drive_scan(fn, solver, X0, args, row_scale), X0)
     if isinstance(adjoint, Phantom):
         sol = jax.lax.stop_gradient(_forward(fn, solver, X0, args, row_scale))

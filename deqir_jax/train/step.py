@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..diffusion.schedules import NUM_TRAIN_STEPS, alphas_cumprod, linear_betas
 from ..models import create, load, make_eps_fn, replace_fields
+from ..schedules import NUM_TRAIN_STEPS, alphas_cumprod, linear_betas
 from .config import TrainConfig
 
 # Parameter groups that ADM initialises to zero (``zero_module``): the last conv of each

@@ -1,0 +1,132 @@
+"""The sampler's settings as one value: :class:`Sampler`.
+
+``dq.restore``, ``make_problem``, ``optimize_init`` and the CLI all take the same value (or
+its fields as keyword overrides), and a model checkpoint can carry its recommended one
+(``config.json`` → ``"sampler"``), which :func:`sampler_for` uses when the caller does not
+override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .. import schedules
+from .coefficients import StepCoefficients, step_coefficients
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """How the DDNM/DeqIR chain samples (hashable; static under ``jax.jit``).
+
+    Attributes:
+        timesteps: T sampling steps (1..1000).
+        nw, etw: DeqIR's noise and ε weights in [0, 1] (official example: nw 0, etw 0.1;
+            ``nw = etw = 1`` with ``fresh_noise`` is DDNM's η = 1).
+        sigma_y: measurement noise std in [0, 1] pixel units (used by ``noise_aware``).
+        noise_aware: the DDNM+ correction for noisy y.
+        fresh_noise: a new noise z per step (standard DDNM) instead of one shared z (official).
+        schedule: ``"linear"`` (official) or ``"cosine"`` β schedule.
+        skip_type: ``"uniform"`` (official) or ``"quad"`` timestep spacing.
+        ccdf: run only the last ``ccdf`` of the T steps, from A⁺y diffused to that time
+            (CCDF, Chung et al. 2022); None: all T steps from x_T.
+        samples: K posterior samples per image; the restored image is their mean.
+    """
+
+    timesteps: int = 25
+    nw: float = 0.0
+    etw: float = 0.0
+    sigma_y: float = 0.0
+    noise_aware: bool = False
+    fresh_noise: bool = False
+    schedule: str = "linear"
+    skip_type: str = "uniform"
+    ccdf: int | None = None
+    samples: int = 1
+
+    def __post_init__(self):
+        def integer(name, value, lo, hi=None):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
+                    hi is not None and value > hi):
+                rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+                raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
+
+        integer("timesteps", self.timesteps, 1, schedules.NUM_TRAIN_STEPS)
+        integer("samples", self.samples, 1)
+        if self.ccdf is not None:
+            integer("ccdf", self.ccdf, 1, self.timesteps)
+        for name in ("noise_aware", "fresh_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("nw", "etw", "sigma_y"):  # plain floats: hashable, JSON-able
+            object.__setattr__(self, name, float(getattr(self, name)))
+        self.coefficients()  # validates weights, schedule and skip type with clear messages
+
+    @classmethod
+    def official(cls, **overrides: Any) -> Sampler:
+        """The official DeqIR example's settings (T = 25, etw 0.1, nw 0, one shared noise)."""
+        return cls(**{"etw": 0.1, "nw": 0.0, **overrides})
+
+    @property
+    def steps(self) -> int:
+        """Rows that run: ``ccdf`` if set, else T."""
+        return self.timesteps if self.ccdf is None else self.ccdf
+
+    def coefficients(self) -> StepCoefficients:
+        """The T steps' coefficients (all T, also with ``ccdf``; see ``ccdf_problem``)."""
+        return step_coefficients(
+            self.timesteps, nw=self.nw, etw=self.etw, sigma_y=self.sigma_y,
+            noise_aware=self.noise_aware, schedule=self.schedule, skip_type=self.skip_type)
+
+    def replace(self, **changes: Any) -> Sampler:
+        """A copy with ``changes``; a TypeError names any key that is not a field."""
+        unknown = sorted(set(changes) - set(FIELDS))
+        if unknown:
+            raise TypeError(f"unknown sampler setting(s) {unknown}; the settings are {FIELDS}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Sampler:
+        """The inverse of :meth:`to_dict` (missing keys take the defaults)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"sampler settings must be a JSON object, got {type(data).__name__}")
+        return cls().replace(**data)
+
+    def describe(self) -> str:
+        """One line for logs: every setting that differs from nothing is shown."""
+        noise = "fresh noise per step" if self.fresh_noise else "one shared noise"
+        parts = [f"T={self.timesteps}", f"etw={self.etw:g}", f"nw={self.nw:g}", noise]
+        if self.ccdf is not None:
+            parts.append(f"ccdf={self.ccdf}")
+        if self.samples > 1:
+            parts.append(f"samples={self.samples}")
+        if self.noise_aware:
+            parts.append(f"noise-aware sigma_y={self.sigma_y:g}")
+        if (self.schedule, self.skip_type) != ("linear", "uniform"):
+            parts.append(f"schedule={self.schedule} skip={self.skip_type}")
+        return ", ".join(parts)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Sampler))
+
+
+def split_settings(options: dict) -> tuple[dict, dict]:
+    """``options`` split into (sampler fields, the rest)."""
+    settings = {k: v for k, v in options.items() if k in FIELDS}
+    return settings, {k: v for k, v in options.items() if k not in FIELDS}
+
+
+def sampler_for(model: Any, sampler: Sampler | None = None, **overrides: Any) -> Sampler:
+    """The settings a call uses: ``sampler`` if given, else the model's recommended settings
+    (``model.sampler``, stored with its checkpoint), else :class:`Sampler` (); then
+    ``overrides`` (None values are ignored, so unset CLI flags do not override)."""
+    if sampler is None:
+        stored = getattr(model, "sampler", None)
+        sampler = Sampler() if stored is None else (
+            stored if isinstance(stored, Sampler) else Sampler.from_dict(stored))
+    elif not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler must be a dq.Sampler, got {type(sampler).__name__}")
+    return sampler.replace(**{k: v for k, v in overrides.items() if v is not None})
