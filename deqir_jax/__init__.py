@@ -4,8 +4,8 @@
 """
 
 from . import diffusion, io, metrics, models, operators, optimize, parallel, solve, train
-from .diffusion import Sampler
 from .restore import Restoration, SolverError, make_problem, make_solver, restore
+from .sampler import Sampler
 
 __all__ = [
     "Restoration",

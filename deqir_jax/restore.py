@@ -19,7 +19,7 @@ from .diffusion import (
     sequential_sample,
 )
 from .diffusion.problem import _traced
-from .diffusion.sampler import FIELDS, Sampler, sampler_for, split_settings
+from .sampler import FIELDS, Sampler, sampler_for, split_settings
 from .solve import Anderson, Picard, Result, SlidingWindow, Solution, fixed_point
 
 METHODS = ("auto", "sequential", "anderson", "picard")

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+import deqir_jax as dq
 import deqir_jax.models as M
 import weights_convert as wc
 from weights_convert.infer import parse_value
@@ -89,6 +90,8 @@ def test_cli_end_to_end_adm_class_conditional(tmp_path):
     assert len(res.stdout.strip().splitlines()) == 1 and "converted" in res.stdout
     assert "stripped prefixes module." in res.stdout and "'model'" in res.stdout
     _check_parity(tm, dst, ADM_COND)
+    # a converted official checkpoint samples with the official example's settings
+    assert M.load(dst).sampler == dq.Sampler.official()
 
 
 @pytest.mark.slow

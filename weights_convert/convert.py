@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from deqir_jax import Sampler
 from deqir_jax.models import Config, Model, dtype_name, make_eps_fn, save
 
 from .infer import IGNORED_KEYS, field_differences, resolve_config
@@ -168,7 +169,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, preset: str | Non
     tick = time.perf_counter()
     params = convert_state_dict(sd, config, progress=progress)
     timings["read_and_map"] = time.perf_counter() - tick
-    model = Model(config=config, params=params, eps_fn=make_eps_fn(config, name), dtype=name)
+    # Official checkpoints are sampled with the official example's settings unless the user
+    # stores others (model.replace(sampler=...)).
+    model = Model(config=config, params=params, eps_fn=make_eps_fn(config, name), dtype=name,
+                  sampler=Sampler.official())
     source_dtypes = tuple(sorted({str(sd[k].dtype) for k in expected_keys(config)}))
     tick = time.perf_counter()
     save(model, dst_path, overwrite=overwrite,

@@ -1,5 +1,6 @@
 """Schedules, step coefficients, the sequential samplers and the DeqIR fixed-point map."""
 
+from ..sampler import Sampler, sampler_for
 from ..schedules import (
     alpha_bar_at,
     alphas_cumprod,
@@ -12,7 +13,6 @@ from .coefficients import StepCoefficients, step_coefficients
 from .deq_map import DEQMap, initial_trajectory
 from .gaussian import GaussianModel, gaussian_eps
 from .problem import Problem, ccdf_problem, image_keys, make_problem
-from .sampler import Sampler, sampler_for
 from .samplers import coarse_segments, coarse_trajectory, ddnm_step, sequential_sample
 from .scan import affine_scan
 

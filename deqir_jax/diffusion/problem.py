@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..sampler import sampler_for
 from .coefficients import StepCoefficients
-from .sampler import sampler_for
 
 
 @jax.tree_util.register_dataclass

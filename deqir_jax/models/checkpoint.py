@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ..sampler import Sampler
 from .configs import config_from_dict, config_to_dict
 from .model import Model, abstract_params, check_params, dtype_name, make_eps_fn, params_mismatch
 
@@ -110,8 +111,6 @@ def save(model: Model, path: str | os.PathLike, overwrite: bool = False,
 
 def _sampler(value: Any, where: str):
     """A :class:`~deqir_jax.Sampler` from a Sampler or its dict; ValueError naming ``where``."""
-    from ..diffusion.sampler import Sampler  # (the settings are a sampler concept)
-
     if isinstance(value, Sampler):
         return value
     try:

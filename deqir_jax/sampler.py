@@ -1,4 +1,5 @@
-"""The sampler's settings as one value: :class:`Sampler`.
+"""The sampler's settings as one value: :class:`Sampler` (a leaf module: models store it with
+their checkpoints without depending on the samplers).
 
 ``dq.restore``, ``make_problem``, ``optimize_init`` and the CLI all take the same value (or
 its fields as keyword overrides), and a model checkpoint can carry its recommended one
@@ -11,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .. import schedules
-from .coefficients import StepCoefficients, step_coefficients
+from . import schedules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +59,22 @@ class Sampler:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("nw", "etw", "sigma_y"):  # plain floats: hashable, JSON-able
-            object.__setattr__(self, name, float(getattr(self, name)))
-        self.coefficients()  # validates weights, schedule and skip type with clear messages
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name in ("nw", "etw"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a finite number in [0, 1], got "
+                                 f"{getattr(self, name)}")
+        if not 0.0 <= self.sigma_y < float("inf"):
+            raise ValueError(f"sigma_y must be a finite number >= 0, got {self.sigma_y}")
+        if self.schedule not in schedules.SCHEDULES:
+            raise ValueError(f"schedule must be one of {schedules.SCHEDULES}, got "
+                             f"{self.schedule!r}")
+        if self.skip_type not in schedules.SKIP_TYPES:
+            raise ValueError(f"skip_type must be one of {schedules.SKIP_TYPES}, got "
+                             f"{self.skip_type!r}")
 
     @classmethod
     def official(cls, **overrides: Any) -> Sampler:
@@ -72,8 +86,11 @@ class Sampler:
         """Rows that run: ``ccdf`` if set, else T."""
         return self.timesteps if self.ccdf is None else self.ccdf
 
-    def coefficients(self) -> StepCoefficients:
-        """The T steps' coefficients (all T, also with ``ccdf``; see ``ccdf_problem``)."""
+    def coefficients(self):
+        """The T steps' :class:`~deqir_jax.diffusion.StepCoefficients` (all T, also with
+        ``ccdf``; see :func:`~deqir_jax.diffusion.ccdf_problem`)."""
+        from .diffusion.coefficients import step_coefficients
+
         return step_coefficients(
             self.timesteps, nw=self.nw, etw=self.etw, sigma_y=self.sigma_y,
             noise_aware=self.noise_aware, schedule=self.schedule, skip_type=self.skip_type)
