@@ -234,6 +234,22 @@ def test_optimize_init_errors(gauss_setup):
     with pytest.raises(ValueError, match="adjoint"):
         dq.optimize.optimize_init(model, prob.y, prob.op, loss="oracle_l2",
                                   target=prob.x_T, adjoint="magic")
+    with pytest.raises(ValueError, match="one x_T per image: samples must be 1, got 2"):
+        dq.optimize.optimize_init(model, prob.y, prob.op, loss="consistency", samples=2)
+
+
+def test_optimize_init_uses_the_models_settings_with_one_sample(gauss_setup):
+    """optimize_init samples as the model recommends (here T = 4, etw 0.3, two samples), one
+    x_T per image: the recommended samples are replaced by one."""
+    model, prob, _, _, _ = gauss_setup
+    stored = dataclasses.replace(model, sampler=dq.Sampler(timesteps=4, etw=0.3, samples=2))
+    res = dq.optimize.optimize_init(stored, prob.y, prob.op, loss="consistency", steps=1,
+                                    method="picard", progress=False, dtype=jnp.float64)
+    ref = dq.optimize.optimize_init(model, prob.y, prob.op, loss="consistency", steps=1,
+                                    method="picard", progress=False, timesteps=4, etw=0.3,
+                                    dtype=jnp.float64)
+    assert res.x_T.shape == prob.x_T.shape
+    np.testing.assert_allclose(np.asarray(res.image), np.asarray(ref.image), atol=1e-12)
 
 
 @pytest.mark.parametrize("loss", ["oracle_l2", "consistency"])

@@ -28,7 +28,7 @@ def gaussian_eps(params, x, t, *, schedule: str = "linear"):
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
-                   meta_fields=["eps_fn"])
+                   meta_fields=["eps_fn", "sampler"])
 @dataclasses.dataclass(frozen=True)
 class GaussianModel:
     """The Gaussian prior in the model interface used by :func:`deqir_jax.restore` (a pytree:
@@ -36,6 +36,7 @@ class GaussianModel:
 
     params: Any
     eps_fn: Any = gaussian_eps
+    sampler: Any = None  # recommended sampler settings (a dq.Sampler), as Model has
 
     @classmethod
     def create(cls, image_shape, *, seed: int = 0, std_range=(0.2, 0.6), dtype=np.float32):

@@ -138,7 +138,8 @@ def optimize_init(
             memory, one more forward per VJP.
         timesteps, sampler: the sampler's settings as for :func:`deqir_jax.restore` (default:
             the model's recommended ones); its other fields (nw, etw, sigma_y, fresh_noise,
-            ccdf, ...) may be given as keywords. One x_T per image: ``samples`` must be 1.
+            ccdf, ...) may be given as keywords. One x_T per image: a recommended
+            ``samples > 1`` is replaced by 1, and an explicit one is an error.
 
     Returns:
         :class:`InitOptResult`.
@@ -155,6 +156,8 @@ def optimize_init(
     if timesteps is not None:
         restore_options["timesteps"] = timesteps
     sampler = sampler_for(model, sampler, **restore_options)
+    if "samples" not in restore_options:  # one x_T per image, whatever the model recommends
+        sampler = sampler.replace(samples=1)
     if sampler.samples != 1:
         raise ValueError(f"optimize_init optimises one x_T per image: samples must be 1, got "
                          f"{sampler.samples}")
