@@ -209,7 +209,7 @@ def _scalar(v):
 
 def run_method(model, y, op, T: int, method: str, args) -> tuple[dict, np.ndarray | None]:
     """Time ``dq.restore`` for one (T, method); returns the CSV row and the image."""
-    kw = dict(key=SEED, etw=ETW, nw=NW, on_max_steps="ignore")
+    kw = dict(key=SEED, sampler=dq.Sampler(etw=ETW, nw=NW), on_max_steps="ignore")
     if method != "sequential" and args.chunk_size is not None:
         kw["chunk_size"] = args.chunk_size
     call = lambda: dq.restore(model, y, op, T, method, **kw)

@@ -63,7 +63,7 @@ def sampler(T, size, repeats):
     eps = eps_view(model.eps_fn, 3)
     gt = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)), jnp.float32)
     op = dq.operators.get("sr_bicubic", image_shape=gt.shape[1:], scale=4)
-    prob = make_problem(model, op.A(gt), op, timesteps=T, key=0, etw=0.1)
+    prob = make_problem(model, op.A(gt), op, dq.Sampler.official(), timesteps=T, key=0)
     loss = lambda p: jnp.sum(jnp.square(sequential_sample(eps, p) - gt))
     fwd = jax.jit(lambda p: sequential_sample(eps, p))
     g_x = jax.jit(jax.grad(lambda x: loss(dataclasses.replace(prob, x_T=x))))

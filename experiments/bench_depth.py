@@ -47,7 +47,8 @@ from _report import header, machine, table, write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "test"
-SAMPLERS = {"official": dict(etw=0.1, nw=0.0), "ddnm": dict(etw=1.0, nw=1.0, fresh_noise=True)}
+SAMPLERS = {"official": dq.Sampler.official(),
+            "ddnm": dq.Sampler(etw=1.0, nw=1.0, fresh_noise=True)}
 OP_KW = {"sr_bicubic": dict(scale=4), "inpainting": dict(mask="random", keep_ratio=0.5),
          "deblur_gauss": {}, "colorization": {}}
 
@@ -183,7 +184,7 @@ def run(args):
                     op = dq.operators.get(task, image_shape=img.shape, **OP_KW[task])
                     y = op.A(jnp.asarray(img)[None])
                     for sampler in args.samplers:
-                        prob = make_problem(model, y, op, timesteps=T, key=0, **SAMPLERS[sampler])
+                        prob = make_problem(model, y, op, SAMPLERS[sampler], timesteps=T, key=0)
                         seq = np.asarray(_sequential(eps, prob))[0]
                         base = dict(model=model_name, T=T, task=task, image=name,
                                     sampler=sampler, seq_psnr=psnr(seq, img),

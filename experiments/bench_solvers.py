@@ -94,7 +94,7 @@ def run(args):
     y = op.A(jnp.asarray(img)[None])
     rows, hist = [], {}
     for T in args.timesteps:
-        problem = make_problem(model, y, op, timesteps=T, key=0, etw=0.1)
+        problem = make_problem(model, y, op, dq.Sampler.official(), timesteps=T, key=0)
         eps = eps_view(model.eps_fn, 3)
         seq, t_seq = best_of(lambda p=problem, e=eps: _sequential(e, p), args.repeats,
                              warmup=True)
@@ -135,7 +135,8 @@ model, _ = load_model({args.model!r}); img, _ = test_image({args.size})
 op = dq.operators.get({args.task!r}, image_shape=img.shape, mask="random", keep_ratio=0.5)
 y = op.A(jnp.asarray(img)[None]); T = {args.device_T}; out = {{}}; ref = None
 for n in (1, 2, 4, 8):
-    f = lambda: dq.restore(model, y, op, T, "anderson", key=0, etw=0.1, mesh=make_mesh(n))
+    f = lambda: dq.restore(model, y, op, T, "anderson", key=0, sampler=dq.Sampler.official(),
+                              mesh=make_mesh(n))
     r = f(); jax.block_until_ready(r.image); t0 = time.perf_counter(); r = f()
     jax.block_until_ready(r.image); sec = time.perf_counter() - t0
     im = np.asarray(r.image); ref = im if ref is None else ref

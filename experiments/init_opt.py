@@ -49,7 +49,7 @@ def crops(size):
 def gradient_cosines(model, y, op, gt, T):
     """Cosine similarity of phantom and unrolled gradients to the implicit (exact) gradient of
     the oracle L2 loss with respect to x_T, per image."""
-    prob = make_problem(model, y, op, timesteps=T, key=0, etw=0.1)
+    prob = make_problem(model, y, op, dq.Sampler.official(), timesteps=T, key=0)
     fmap = DEQMap(eps_view(model.eps_fn, 3))
     solver = Picard(tol=1e-6, max_steps=T + 1)
 
@@ -68,7 +68,7 @@ def gradient_cosines(model, y, op, gt, T):
 def step_costs(model, y, op, gt, T, solver, repeats=3):
     """Seconds of the forward solve alone and of the forward solve + gradient (oracle L2 loss
     w.r.t. x_T) for each adjoint, jitted, from the same cold start, best of ``repeats``."""
-    prob = make_problem(model, y, op, timesteps=T, key=0, etw=0.1)
+    prob = make_problem(model, y, op, dq.Sampler.official(), timesteps=T, key=0)
     fmap = DEQMap(eps_view(model.eps_fn, 3))
     X0 = initial_trajectory(prob)
 
@@ -112,7 +112,7 @@ def main(argv=None):
             res = dq.optimize.optimize_init(
                 model, y, op, loss=loss, target=gt, reference=gt, timesteps=T, steps=args.steps,
                 learning_rate=args.lr, adjoint=adjoint, method="picard", solver=forward, key=0,
-                etw=0.1, progress=False)
+                sampler=dq.Sampler.official(), progress=False)
             wall = time.perf_counter() - t0
             step_s = float(np.median(res.seconds[1:])) if len(res.seconds) > 1 else np.nan
             before, after = res.initial_image, res.image

@@ -38,7 +38,7 @@ def main(argv=None):
     gt = jnp.asarray(crops(args.size))
     op = dq.operators.get("sr_averagepooling", image_shape=gt.shape[1:], scale=4)
     T = args.timesteps
-    problem = make_problem(model, op.A(gt), op, timesteps=T, key=0, etw=0.1)
+    problem = make_problem(model, op.A(gt), op, dq.Sampler.official(), timesteps=T, key=0)
     loss = make_loss("oracle_l2", target=gt)
     opt = optax.adam(0.05)
     solver = Picard(tol=1e-4, max_steps=T + 1)

@@ -95,8 +95,9 @@ def main(argv=None):
         op = dq.operators.get(task, image_shape=gt.shape[1:], **params)
         y = op.A(gt)
         apy = op.A_pinv(y)
-        common = dict(key=args.seed, etw=args.etw, nw=args.nw, fresh_noise=args.fresh_noise,
-                      skip_type=args.skip_type, samples=args.samples)
+        common = dict(key=args.seed, sampler=dq.Sampler(etw=args.etw, nw=args.nw,
+                      fresh_noise=args.fresh_noise, skip_type=args.skip_type,
+                      samples=args.samples))
         t0 = time.perf_counter()
         seq = dq.restore(model, y, op, T, "sequential", **common)
         t_seq = time.perf_counter() - t0

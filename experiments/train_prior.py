@@ -141,7 +141,7 @@ def sanity(argv: list[str]) -> int:
     p.add_argument("--out-prefix", required=True)
     args = p.parse_args(argv)
     model = M.load(args.model)
-    res = dq.restore(model, None, None, timesteps=25, method="sequential",
+    res = dq.restore(model, None, None, timesteps=25, method="sequential", sampler=dq.Sampler(),
                      image_shape=(64, 64, 3), batch=4, key=0)
     img = np.clip(np.asarray(res.image), -1, 1)
     print(f"samples: range [{float(res.image.min()):.2f}, {float(res.image.max()):.2f}], "
