@@ -4,6 +4,7 @@ caller overrides them."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -91,3 +92,20 @@ def test_restore_uses_the_models_settings_unless_overridden(tiny):
     assert run(with_settings, sampler=dq.Sampler(timesteps=3)).stats["nfe"] == 3
     with pytest.raises(TypeError, match="solver options"):
         run(tiny, eta=1.0)
+
+
+def test_models_are_pytrees(tiny):
+    """A Model (params the only child; config, network function, dtype and settings static)
+    goes into jax.jit as an argument and jax.grad differentiates with respect to it."""
+    op = dq.operators.get("sr_bicubic", image_shape=(16, 16, 3), scale=2)
+    y = op.A(jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (1, 16, 16, 3)), jnp.float32))
+    m = tiny.replace(sampler=dq.Sampler(timesteps=3))
+    run = lambda model: dq.restore(model, y, op, method="sequential", key=0).image
+    np.testing.assert_allclose(np.asarray(jax.jit(run)(m)), np.asarray(run(m)), rtol=1e-5,
+                               atol=1e-5)  # float32: XLA may order sums differently
+    g = jax.grad(lambda model: jnp.sum(run(model)))(m)
+    assert isinstance(g, models.Model) and g.sampler == m.sampler
+    ref = jax.grad(lambda p: jnp.sum(run(m.replace(params=p))))(m.params)
+    for a, b in zip(jax.tree_util.tree_leaves(g.params), jax.tree_util.tree_leaves(ref),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
