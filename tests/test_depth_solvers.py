@@ -130,8 +130,9 @@ def test_default_anderson_stops_by_itself_near_sequential():
     op = operators.get("inpainting", image_shape=(16, 16, 3), mask="random", keep_ratio=0.5)
     x = jnp.asarray(np.random.default_rng(2).uniform(-0.5, 0.5, (1, 16, 16, 3)), jnp.float32)
     y = op.A(x)
-    res = dq.restore(model, y, op, 25, "anderson", key=0, etw=0.1)
-    seq = dq.restore(model, y, op, 25, "sequential", key=0, etw=0.1)
+    official = dq.Sampler.official()  # (the model's own settings: see the depth benchmark)
+    res = dq.restore(model, y, op, method="anderson", key=0, sampler=official)
+    seq = dq.restore(model, y, op, method="sequential", key=0, sampler=official)
     assert res.stats["converged"] and res.stats["method"] == "anderson"
     assert res.stats["depth"][0] <= 25
     mse = float(jnp.mean(jnp.square(res.image - seq.image)))
