@@ -59,7 +59,7 @@ def main(argv=None):
         "cells: mean ΔPSNR (dB) / mean ΔLPIPS against A⁺y over the images where A⁺y is not "
         "exact; ✗: task not won (LPIPS lower and PSNR higher; box inpainting: LPIPS only)",
         "rule: most tasks won, ties by the lower mean ΔLPIPS",
-    ]) + table(summary) + ["", f"Chosen: `{best}`.", ""]
+    ]) + table(summary) + ["", f"Best by the rule: `{best}`.", ""]
     Path(args.out + ".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
