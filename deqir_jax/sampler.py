@@ -113,7 +113,8 @@ class Sampler:
         return cls().replace(**data)
 
     def describe(self) -> str:
-        """One line for logs: every setting that differs from nothing is shown."""
+        """One line for logs: T, the weights and the noise always; the other settings only
+        where they differ from the defaults."""
         noise = "fresh noise per step" if self.fresh_noise else "one shared noise"
         parts = [f"T={self.timesteps}", f"etw={self.etw:g}", f"nw={self.nw:g}", noise]
         if self.ccdf is not None:
@@ -139,11 +140,11 @@ def split_settings(options: dict) -> tuple[dict, dict]:
 def sampler_for(model: Any, sampler: Sampler | None = None, **overrides: Any) -> Sampler:
     """The settings a call uses: ``sampler`` if given, else the model's recommended settings
     (``model.sampler``, stored with its checkpoint), else :class:`Sampler` (); then
-    ``overrides`` (None values are ignored, so unset CLI flags do not override)."""
+    ``overrides`` (an explicit ``ccdf=None`` switches a recommended CCDF start off)."""
     if sampler is None:
         stored = getattr(model, "sampler", None)
         sampler = Sampler() if stored is None else (
             stored if isinstance(stored, Sampler) else Sampler.from_dict(stored))
     elif not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must be a dq.Sampler, got {type(sampler).__name__}")
-    return sampler.replace(**{k: v for k, v in overrides.items() if v is not None})
+    return sampler.replace(**overrides)

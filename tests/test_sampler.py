@@ -90,6 +90,9 @@ def test_restore_uses_the_models_settings_unless_overridden(tiny):
     assert over.stats["sampler"] == dq.Sampler(timesteps=5)
     np.testing.assert_array_equal(over.image, run(tiny, timesteps=5).image)
     assert run(with_settings, sampler=dq.Sampler(timesteps=3)).stats["nfe"] == 3
+    ccdf = tiny.replace(sampler=dq.Sampler(timesteps=5, ccdf=2))
+    assert run(ccdf).stats["nfe"] == 2  # the recommended CCDF start ...
+    assert run(ccdf, ccdf=None).stats["nfe"] == 5  # ... and an explicit None switches it off
     with pytest.raises(TypeError, match="solver options"):
         run(tiny, eta=1.0)
 

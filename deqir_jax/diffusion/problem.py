@@ -196,7 +196,7 @@ def make_problem(
     if jnp.shape(x_T) != shape:
         raise ValueError(f"x_T must have shape {shape} ({what} rows), got "
                          f"{tuple(jnp.shape(x_T))}")
-    x_T = _check_array("x_T", x_T, shape).astype(dtype)
+    x_T = _check_array("x_T", x_T).astype(dtype)
     if noise is None:
         noise = jax.vmap(lambda k: jax.random.normal(k[1], (steps,) + image_shape,
                                                      jnp.float32))(keys).astype(dtype)
