@@ -32,6 +32,34 @@ METHODS = ("auto", "sequential", "anderson", "picard")
 #: residual under the tolerance, so it is one flag away (``order=2``), not the default.
 DEFAULT_ORDER = None
 DEFAULT_TOL = 1.0
+#: The variance s² of the white Gaussian whose ε slope the default parallel map solves exactly
+#: (:class:`~deqir_jax.diffusion.DEQMap`'s ``linearize``), used where the official map
+#: carries errors through ε with a gain near 1 (:func:`map_settings`). Chosen from the depth
+#: benchmark (``experiments/results/bench_depth.md``).
+DEFAULT_LINEARIZE = 0.1
+
+
+def map_settings(method: str, sampler: Sampler, *, faithful: bool = False, solver=None,
+                 order="default", linearize="default"):
+    """``(order, linearize)`` of the fixed-point map, with ``"default"`` resolved.
+
+    Only ``method="anderson"`` without ``faithful`` (and without a sliding window) departs from
+    the official full-order map: ``order`` becomes ``DEFAULT_ORDER``, and ``linearize``
+    becomes ``DEFAULT_LINEARIZE`` when the sampler's ε weight leaves most of ε uncancelled,
+    i.e. when the official map passes an error the network removes (ε moves with it, slope
+    1/√(1−a)) into later rows with a gain ``|E_i|/√(1−a_i) ≥ 1/2`` on most rows (the median
+    row): DDNM's η = 1 (gain ≈ 1.2 at T = 25), not the official etw 0.1 (≈ 0.3), where the
+    depth benchmark measured that linearizing slows the solve."""
+    default = method == "anderson" and not faithful and not isinstance(solver, SlidingWindow)
+    if order == "default":
+        order = DEFAULT_ORDER if default else None
+    if linearize == "default":
+        linearize = None
+        if default:
+            c = sampler.coefficients()
+            if np.median(np.abs(c.eps_null) / c.sqrt_1ma) >= 0.5:
+                linearize = DEFAULT_LINEARIZE
+    return order, linearize
 
 
 def resolve_method(method: str) -> tuple[str, str]:
@@ -190,6 +218,7 @@ def restore(
     faithful: bool = False,
     chunk_size: int | None = None,
     order: int | None | str = "default",
+    linearize: float | None | str = "default",
     coarse: int = 0,
     mesh=None,
     on_max_steps: str = "warn",
@@ -239,6 +268,11 @@ def restore(
             None is the official full-order map, k a row k DDNM steps from row r−k.
             ``"default"``: ``DEFAULT_ORDER`` for ``method="anderson"`` without ``faithful``,
             the full order otherwise.
+        linearize: None (the official map) or the variance s² of the white Gaussian whose
+            ε slope the map's prefix scan solves exactly (``DEQMap.linearize``: the same
+            fixed point, reached in far fewer rounds by samplers whose ε weight is small,
+            such as DDNM's η = 1). ``"default"``: see :func:`map_settings` (on for such
+            samplers with ``method="anderson"``, off otherwise).
         coarse: start the parallel solve from a sequential pass of this many steps spread
             onto the T rows (:func:`~deqir_jax.diffusion.coarse_trajectory`; 0: every row
             x_T, the official start). Its steps count in ``stats["depth"]``.
@@ -272,13 +306,16 @@ def restore(
     if method == "sequential" and (solver_options or solver is not None):
         raise TypeError(f"{sorted(solver_options) or 'solver'}: solver options do not apply to "
                         f"method='sequential' (the sampler's settings are {FIELDS})")
-    if method == "sequential" and (order != "default" or coarse):
-        raise TypeError("order and coarse apply to the parallel methods, not sequential")
+    if method == "sequential" and (order != "default" or linearize != "default" or coarse):
+        raise TypeError("order, linearize and coarse apply to the parallel methods, not "
+                        "sequential")
     problem = make_problem(model, y, op, sampler, key=key, x_T=x_T, noise=noise,
                            image_shape=image_shape, batch=batch, dtype=dtype)
     if method != "sequential":
         solver = make_solver(method, problem.num_steps, solver, faithful, **solver_options)
-    res = _solve(model, problem, method, solver, faithful, chunk_size, order, coarse, mesh,
+        order, linearize = map_settings(method, sampler, faithful=faithful, solver=solver,
+                                        order=order, linearize=linearize)
+    res = _solve(model, problem, method, solver, chunk_size, order, linearize, coarse, mesh,
                  return_trajectory)
     res.stats.update(method_reason=reason, sampler=sampler)
     if _traced(res):
@@ -289,7 +326,7 @@ def restore(
     return _per_image(res, sampler.samples)
 
 
-def _solve(model, problem, method, solver, faithful, chunk_size, order, coarse, mesh,
+def _solve(model, problem, method, solver, chunk_size, order, linearize, coarse, mesh,
            return_trajectory) -> Restoration:
     """The pure core of :func:`restore`: arrays in, a :class:`Restoration` whose stats are
     arrays out (the same code runs eagerly and under any transformation)."""
@@ -310,12 +347,9 @@ def _solve(model, problem, method, solver, faithful, chunk_size, order, coarse, 
                      residual_history=jnp.zeros((0,), image.dtype))
         sol = None
     else:
-        if order == "default":
-            order = DEFAULT_ORDER if method == "anderson" and not faithful and not isinstance(
-                solver, SlidingWindow) else None
         X0 = _coarse(eps, problem, coarse) if coarse else initial_trajectory(problem)
         if mesh is None:
-            deq_map = DEQMap(eps, chunk_size=chunk_size, order=order)
+            deq_map = DEQMap(eps, chunk_size=chunk_size, order=order, linearize=linearize)
         elif isinstance(solver, SlidingWindow):
             raise ValueError("the sliding window runs on one device; drop mesh= or the window")
         else:
@@ -327,7 +361,8 @@ def _solve(model, problem, method, solver, faithful, chunk_size, order, coarse, 
                 shard_trajectory,
             )
 
-            deq_map = ShardedDEQMap(eps, mesh, chunk_size=chunk_size, order=order)
+            deq_map = ShardedDEQMap(eps, mesh, chunk_size=chunk_size, order=order,
+                                    linearize=linearize)
             check_mesh(mesh, n, T, deq_map.axis_name)
             X0 = shard_trajectory(X0, mesh)
             # shard_map takes its local rows (and images) from these.
@@ -339,7 +374,8 @@ def _solve(model, problem, method, solver, faithful, chunk_size, order, coarse, 
         codes = sol.stats.image_result
         stats = dict(iterations=sol.stats.map_evals, nfe=sol.stats.row_evals + coarse,
                      depth=sol.stats.image_steps + coarse, residual=sol.stats.residual,
-                     residual_history=sol.stats.residual_history)
+                     residual_history=sol.stats.residual_history, order=order,
+                     linearize=linearize)
     worst = jnp.max(codes)
     stats.update(method=method, timesteps=T, image_result=codes,
                  image_converged=codes == Result.CONVERGED, result=worst,

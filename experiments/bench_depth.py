@@ -39,7 +39,14 @@ import numpy as np
 
 import deqir_jax as dq
 from deqir_jax.diffusion import DEQMap, coarse_trajectory, initial_trajectory
-from deqir_jax.restore import DEFAULT_ORDER, _sequential, eps_view, make_problem, make_solver
+from deqir_jax.restore import (
+    DEFAULT_LINEARIZE,
+    _sequential,
+    eps_view,
+    make_problem,
+    make_solver,
+    map_settings,
+)
 from deqir_jax.solve import Anderson, Picard
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,24 +62,36 @@ OP_KW = {"sr_bicubic": dict(scale=4), "inpainting": dict(mask="random", keep_rat
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """A parallel solver: the solver value, the system's order and the coarse start."""
+    """A parallel solver: the solver value, the system's order, the coarse start and the
+    map's linearization (``DEQMap.linearize``)."""
 
     solver: object
     order: int | None = None
     coarse: int = 0
+    linearize: float | None = None
 
 
-def variants(T: int, names) -> dict[str, Variant]:
+def variants(T: int, names, sampler) -> dict[str, Variant]:
     default = make_solver("anderson", T)
+    order, linearize = map_settings("anderson", sampler)
     all_ = {
         "picard": Variant(Picard(tol=1e-5, max_steps=T + 1)),
+        "picard-lin": Variant(Picard(tol=1e-5, max_steps=T + 1), linearize=DEFAULT_LINEARIZE),
         "anderson-faithful": Variant(Anderson.faithful()),
         "anderson-v1": Variant(Anderson(tol=1e-4, max_steps=max(2 * T, 15))),
         "triangular-full": Variant(default, None),
-        "default": Variant(default, DEFAULT_ORDER),
+        "triangular-lin": Variant(default, None, linearize=DEFAULT_LINEARIZE),
+        "default": Variant(default, order, linearize=linearize),
         "order2": Variant(default, 2),
         f"coarse{max(T // 5, 1)}+order2": Variant(default, 2, max(T // 5, 1)),
     }
+    for name in names:  # picard-lin<S2>, triangular-lin<S2>: another linearization variance
+        base, _, value = name.partition("-lin")
+        if name not in all_ and base in ("picard", "triangular") and value:
+            try:
+                all_[name] = dataclasses.replace(all_[f"{base}-lin"], linearize=float(value))
+            except ValueError:
+                pass
     unknown = set(names) - set(all_)
     if unknown:
         raise SystemExit(f"unknown solver(s) {sorted(unknown)}; known: {sorted(all_)}")
@@ -133,7 +152,7 @@ def curve(eps, problem, variant: Variant, evals: int, gt, seq):
     exactly those of the original solver until it stops (with one image per batch its stop
     is the first evaluation whose residual is ≤ tol after the warm-up).
     """
-    F = DEQMap(eps, order=variant.order)
+    F = DEQMap(eps, order=variant.order, linearize=variant.linearize)
     solver = variant.solver
     extra = {}
     if isinstance(solver, Anderson):
@@ -189,7 +208,8 @@ def run(args):
                         base = dict(model=model_name, T=T, task=task, image=name,
                                     sampler=sampler, seq_psnr=psnr(seq, img),
                                     seq_lpips=lpips(seq, img))
-                        for vname, var in variants(T, args.solvers).items():
+                        for vname, var in variants(T, args.solvers,
+                                                   SAMPLERS[sampler]).items():
                             t0 = time.perf_counter()
                             evals = min(args.max_depth - var.coarse, var.solver.max_steps)
                             pts, stop = curve(eps, prob, var, evals, img, seq)
@@ -239,13 +259,16 @@ def write(args, rows, curves):
         "limit: stop_converged False), and what it returns there (PSNR, PSNR vs the "
         "sequential x̂, LPIPS vs the ground truth); – = beyond the cap; seq_*: the sequential "
         "sampler's PSNR and LPIPS",
-        "solvers: picard = full-order Picard; anderson-faithful = official settings; "
-        "anderson-v1 = the previous default (per-row mixing, full order, relative tol 1e-4); "
-        "triangular-full = triangular Anderson on the full-order map; default = "
-        f"`dq.restore(method='anderson')` (triangular Anderson, order {DEFAULT_ORDER or 'full'}, "
-        "per-row "
-        "stop); order2 = the same on the order-2 system; coarseN+order2 = that started from an "
-        "N-step coarse pass",
+        "solvers: picard = full-order Picard (the official map); picard-lin = the same on "
+        f"the linearized map (`linearize={DEFAULT_LINEARIZE}`: ε's white-Gaussian slope "
+        "solved in the scan); anderson-faithful = official settings; "
+        "anderson-v1 = an earlier default (per-row mixing, full order, relative tol 1e-4); "
+        "triangular-full / triangular-lin = triangular Anderson with the per-row stop on the "
+        "official / the linearized full-order map; default = "
+        "`dq.restore(method='anderson')` (triangular Anderson, per-row stop, the map "
+        "`map_settings` picks for the sampler: linearized for ddnm, official for official); "
+        "order2 = triangular Anderson on the order-2 system; coarseN+order2 = that started "
+        "from an N-step coarse pass",
         f"machine: {machine()}",
     ]) + table(rows, fmt)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

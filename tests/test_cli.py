@@ -28,6 +28,7 @@ import deqir_jax as dq
 from deqir_jax import models
 from deqir_jax.cli import main
 from deqir_jax.cli.engine import COLUMNS
+from deqir_jax.restore import DEFAULT_LINEARIZE
 
 FAST = ["--timesteps", "4", "--method", "sequential", "--no-lpips"]
 
@@ -163,6 +164,29 @@ def test_auto_method_on_cpu(capsys, tmp_path, model_dir, inputs):
     assert row["method"] == "sequential" and row["depth"] == "4" and row["nfe"] == "4"
     code, _, err = run(capsys, *argv, "-o", tmp_path / "o2", "--coarse", "2")
     assert code == 2 and "--method auto chose sequential" in err
+
+
+def test_linearize_flag(capsys, tmp_path, model_dir, inputs):
+    """DDNM's η = 1 with --method anderson gets the linearized map by default, says so and
+    records it; --linearize sets or switches it off; a bad value or a sequential run with the
+    flag is a usage error."""
+    argv = ["restore", inputs / "clean.png", "--task", "inpainting", "--model", model_dir,
+            "--timesteps", "4", "--no-lpips", "--method", "anderson", "--etw", "1", "--nw", "1",
+            "--fresh-noise"]
+    for extra, value in (([], DEFAULT_LINEARIZE), (["--linearize", "off"], None),
+                         (["--linearize", "0.3"], 0.3)):
+        out = tmp_path / f"out{len(extra)}{value}"
+        code, stdout, err = run(capsys, *argv, "-o", out, *extra)
+        assert code == 0, err
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["sampler"]["linearize"] == value
+        assert ("map: full order, official" in stdout) == (value is None)
+        assert (f"s² = {value:g}" in stdout) if value else True
+    code, _, err = run(capsys, *argv, "-o", tmp_path / "bad", "--linearize", "-1")
+    assert code == 2 and "--linearize" in err and "variance > 0" in err
+    code, _, err = run(capsys, *argv, "--method", "sequential", "-o", tmp_path / "seq",
+                       "--linearize", "0.1")
+    assert code == 2 and "--linearize does not apply to --method sequential" in err
 
 
 def test_anderson_method_and_solver_failure(capsys, tmp_path, model_dir, inputs):

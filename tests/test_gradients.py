@@ -91,6 +91,25 @@ def test_implicit_gradient_equals_sequential_gradient(grads, field):
     assert _rel(getattr(ref, field), getattr(picard, field)) <= 1e-6
 
 
+@pytest.mark.parametrize("adjoint", [Implicit(), RowScan()])
+def test_linearized_map_gradient_equals_sequential_gradient(setup, grads, adjoint):
+    """The linearized map (ε's Gaussian slope solved in the scan) has the same equilibrium, so
+    its implicit and row-scan gradients are the sequential sampler's, on the random ADM."""
+    prob, eps, target = setup
+
+    @jax.jit
+    def grad(p):
+        def loss(p):
+            sol = fixed_point(DEQMap(eps, linearize=0.1), EXACT, initial_trajectory(p), p,
+                              adjoint=adjoint)
+            return _loss(sol.value[:, -1], target)
+        return jax.grad(loss)(p)
+
+    g = grad(prob)
+    for field in ("x_T", "y", "noise", "params"):
+        assert _rel(getattr(grads[0], field), getattr(g, field)) <= 1e-6
+
+
 @pytest.fixture(scope="module")
 def gauss_setup():
     """The same checks on the closed-form Gaussian prior: cheap to compile, so it carries the
@@ -115,9 +134,11 @@ def test_rowscan_adjoint_equals_sequential_gradient(setup, grads, field):
     assert _rel(getattr(grads[0], field), getattr(g, field)) <= 1e-6
 
 
-def test_parallel_adjoint_with_triangular_anderson(gauss_setup):
+@pytest.mark.parametrize("deq_map", [dict(order=2), dict(linearize=0.1)])
+def test_parallel_adjoint_with_triangular_anderson(gauss_setup, deq_map):
     """The implicit adjoint solved in parallel by the default forward solver's machinery
-    (triangular Anderson, causal rule) on the order-2 map equals the sequential gradient."""
+    (triangular Anderson, causal rule) on the order-2 and the linearized maps equals the
+    sequential gradient."""
     _, prob, eps, target, ref = gauss_setup
     solver = Anderson(tol=1e-12, max_steps=T + 2, mixing="triangular", stop="per_row",
                       settle_tol=0.0)
@@ -125,7 +146,7 @@ def test_parallel_adjoint_with_triangular_anderson(gauss_setup):
     @jax.jit
     def grad(p):
         def loss(p):
-            sol = fixed_point(DEQMap(eps, order=2), solver, initial_trajectory(p), p,
+            sol = fixed_point(DEQMap(eps, **deq_map), solver, initial_trajectory(p), p,
                               adjoint=Implicit(solver=solver))
             return _loss(sol.value[:, -1], target)
         return jax.grad(loss)(p)

@@ -27,7 +27,8 @@ def test_same_result_on_1_to_8_devices(report):
     results = report["results"]
     assert "2x4" in results["anderson-float64"] and "2x4" in results["sequential-float64"]
     # float64: only the summation order differs between shardings.
-    for name in ("anderson-float64", "picard-float64", "sequential-float64", "jit-float64"):
+    for name in ("anderson-float64", "anderson-linearized-float64", "picard-float64",
+                 "sequential-float64", "jit-float64"):
         for key, value in results[name].items():
             assert value <= 1e-10, (name, key, value)
     # float32: the closed-form map amplifies rounding (k1 ≈ 100 cancellations), and sharding

@@ -127,7 +127,7 @@ def run(args) -> int:
         raise UsageError(f"--size must be between 8 and 1024 pixels, got {args.size}")
     model, model_desc = load_model(args.model)
     cfg = run_config(args, model, lpips=not args.no_lpips)
-    note(f"method: {cfg.method} ({cfg.method_reason})")
+    note(cfg.method_line())
     note(f"sampler: {cfg.sampler.describe()} ({sampler_source(args, model)})")
     outdir = Path(args.outdir)
     check_outdir(outdir)

@@ -45,9 +45,20 @@ class RunConfig:
     seed: int = 0
     lpips: bool = True
     order: int | None = None
+    linearize: float | None = None
     coarse: int = 0
     devices: int | None = None  # a mesh of this many devices (None: one device)
     method_reason: str = "asked for"
+
+    def method_line(self) -> str:
+        """``method: ... (why)``, with the fixed-point map of a parallel method."""
+        line = f"method: {self.method} ({self.method_reason})"
+        if self.method == "sequential":
+            return line
+        order = "full order" if self.order is None else f"order {self.order}"
+        lin = ("official" if self.linearize is None
+               else f"linearized (Gaussian ε slope, s² = {self.linearize:g})")
+        return f"{line}; map: {order}, {lin}"
 
     def describe(self) -> dict:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("solver", "sampler")}
@@ -129,7 +140,8 @@ def run_group(model, op, jobs: list[Job], cfg: RunConfig, notes: set[str]) -> li
     kwargs = dict(sampler=sampler, method=cfg.method, key=keys, chunk_size=cfg.chunk_size,
                   on_max_steps="raise" if cfg.strict else "ignore")
     if cfg.method != "sequential":
-        kwargs.update(solver=cfg.solver, order=cfg.order, coarse=cfg.coarse)
+        kwargs.update(solver=cfg.solver, order=cfg.order, linearize=cfg.linearize,
+                      coarse=cfg.coarse)
     if cfg.devices:
         kwargs.update(mesh=mesh(cfg.devices))
     t0 = time.perf_counter()

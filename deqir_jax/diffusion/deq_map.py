@@ -37,6 +37,24 @@ def check_order(order) -> None:
         raise ValueError(f"order must be a positive integer or None (full order), got {order!r}")
 
 
+def check_linearize(linearize) -> None:
+    """ValueError unless ``linearize`` is None or a finite positive number."""
+    if linearize is None:
+        return
+    if isinstance(linearize, bool) or not isinstance(linearize, (int, float, np.number)) or not (
+            np.isfinite(linearize) and linearize > 0):
+        raise ValueError("linearize must be None (the official map) or the variance s² > 0 of "
+                         f"the Gaussian whose ε slope the map solves exactly, got {linearize!r}")
+
+
+def gaussian_eps_slope(coeffs, variance):
+    """``g_i = √(1−a_i)/(a_i s² + 1 − a_i)``: the slope dε/dx at row i's input time of the
+    exact ε of white Gaussian data with per-pixel variance ``s²`` (for data N(μ, s² I),
+    ``ε(x) = √(1−a)(x − √a μ)/(a s² + 1 − a)``), shape (T,) like the coefficients."""
+    a, one_minus_a = coeffs.sqrt_a**2, coeffs.sqrt_1ma**2
+    return coeffs.sqrt_1ma / (a * variance + one_minus_a)
+
+
 @dataclasses.dataclass(frozen=True)
 class DEQMap:
     """``F(X, problem)`` for the DeqIR fixed point (hashable; usable as a static jit argument).
@@ -56,15 +74,27 @@ class DEQMap:
             the network input of row i itself, so a trajectory whose rows already agree stays
             put; k ≥ T is the full-order map). Every order has the same unique fixed point,
             the sequential trajectory; they differ in how errors in the iterate propagate.
+        linearize: None (the official map): inside the prefix scan ε is a given input, so an
+            error in row i−1 that the network would remove from x̂0 (ε moves with it) reaches
+            every later row through ε instead, with a gain near 1 when the ε term is not
+            cancelled by the sampler's own ε weight (DDNM's η = 1: ``etw = 1``). A variance
+            s² > 0: ε is split into the slope g_i of the ε of white Gaussian data with
+            variance s² (:func:`gaussian_eps_slope`) and the rest, ``ε = g_i x + r``; the
+            slope enters the scan's decay (``D_i + E_i g_i``), so that part of the chain is
+            solved exactly in every evaluation, and only ``r`` is held fixed. The fixed point
+            and the row structure are unchanged (order 1 is the same map either way); how
+            errors travel is not (``experiments/results/bench_depth.md``).
     """
 
     eps_fn: Callable
     chunk_size: int | None = None
     axis_name: str | None = None
     order: int | None = None
+    linearize: float | None = None
 
     def __post_init__(self):
         check_order(self.order)
+        check_linearize(self.linearize)
 
     def _shift(self, X, first):
         """``[first, X_1, …, X_{R−1}]``: every row moved one down, ``first`` in front."""
@@ -90,11 +120,6 @@ class DEQMap:
             return affine_scan(decay, v, init)
         return sharded_affine_scan(decay, v, init, self.axis_name)
 
-    def eps(self, X, problem: Problem):
-        """ε_θ on all B·T rows of the shifted stack, (B, T, H, W, C)."""
-        xin = self.network_inputs(X, problem)
-        return self.evaluate(problem.params, xin, self.times(xin.shape[1], problem))
-
     def evaluate(self, params, xin, t):
         """The network on (B, R, H, W, C) inputs at times t (R,): one batched call of B·R rows
         (or chunks of ``chunk_size`` rows)."""
@@ -116,12 +141,19 @@ class DEQMap:
 
         ``coeffs``, ``noise`` and ``init`` (the state before the first row, x_T by default)
         default to the problem's; a sliding window passes its own rows and starting state.
-        ``base`` (the network inputs, shifted rows) is required by a finite ``order``.
+        ``base`` (the network inputs, shifted rows) is required by a finite ``order`` and by
+        ``linearize``.
         """
         dtype = eps.dtype
         c = (problem.coeffs if coeffs is None else coeffs).astype(dtype)
         shape = (1, -1, 1, 1, 1)
         col = lambda a: jnp.reshape(a, shape)
+        decay_null, decay_range = c.decay_null, c.decay_range
+        if self.linearize is not None:  # ε = g x + r: the slope joins the decay, r stays
+            g = gaussian_eps_slope(c, self.linearize)
+            eps = eps - col(g) * base.astype(dtype)
+            decay_null = decay_null + c.eps_null * g
+            decay_range = decay_range + c.eps_range * g
         x_T = (problem.x_T if init is None else init).astype(dtype)
         noise = (problem.noise if noise is None else noise).astype(dtype)
         p_eps = problem.project_range(eps)
@@ -135,16 +167,16 @@ class DEQMap:
         )
         rows = eps.shape[1]
         if self.order is None or (self.order >= rows and self.axis_name is None):
-            u_null = self.scan(c.decay_null, v_null, x_T - p_xT)
-            u_range = self.scan(c.decay_range, v_range, p_xT)
+            u_null = self.scan(decay_null, v_null, x_T - p_xT)
+            u_range = self.scan(decay_range, v_range, p_xT)
             return u_null + u_range
         # Order k: k applications of the one-step recurrence, starting from the current rows
         # (the network inputs); row 1 always starts from x_T itself.
         p_base = problem.project_range(base.astype(dtype))
         u_null, u_range = base.astype(dtype) - p_base, p_base
         for k in range(int(self.order)):
-            u_null = col(c.decay_null) * u_null + v_null
-            u_range = col(c.decay_range) * u_range + v_range
+            u_null = col(decay_null) * u_null + v_null
+            u_range = col(decay_range) * u_range + v_range
             if k < self.order - 1:
                 u_null = self._shift(u_null, x_T - p_xT)
                 u_range = self._shift(u_range, p_xT)
@@ -181,8 +213,6 @@ class DEQMap:
             g_problem.x_T.dtype))
 
     def __call__(self, X, problem: Problem):
-        if self.order is None:
-            return self.combine(self.eps(X, problem), problem)
         xin = self.network_inputs(X, problem)
         eps = self.evaluate(problem.params, xin, self.times(xin.shape[1], problem))
         return self.combine(eps, problem, base=xin)

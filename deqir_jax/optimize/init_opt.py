@@ -21,7 +21,7 @@ import optax
 from tqdm.auto import tqdm
 
 from ..diffusion import DEQMap, initial_trajectory, make_problem, sampler_for
-from ..restore import eps_view, make_solver
+from ..restore import eps_view, make_solver, map_settings
 from ..solve import Implicit, Phantom, Result, RowScan, Unrolled, fixed_point
 from .losses import make_loss
 
@@ -112,6 +112,7 @@ def optimize_init(
     adjoint: str | Implicit | RowScan | Phantom | Unrolled = "auto",
     method: str = "anderson",
     solver=None,
+    linearize: float | None | str = "default",
     remat: bool = False,
     key=None,
     x_T=None,
@@ -134,6 +135,9 @@ def optimize_init(
             means that suits the backend), ``"implicit"``, ``"rowscan"``, ``"phantom"``,
             ``"unrolled"`` or an adjoint object.
         method, solver: the forward solver (``"anderson"``/``"picard"``, options as restore).
+        linearize: the map's linearization as for :func:`deqir_jax.restore` (``"default"``:
+            :func:`~deqir_jax.restore.map_settings`; it shortens the forward solve and the
+            implicit adjoint's, and leaves the gradient unchanged).
         remat: rematerialize the network in the backward pass (``jax.checkpoint``): less
             memory, one more forward per VJP.
         timesteps, sampler: the sampler's settings as for :func:`deqir_jax.restore` (default:
@@ -166,7 +170,8 @@ def optimize_init(
                         lpips_net=lpips_net)
     solver = make_solver(method, problem.num_steps, solver)  # (ccdf: fewer rows than T)
     eps_fn = _remat(model.eps_fn) if remat else model.eps_fn
-    fmap = DEQMap(eps_view(eps_fn, problem.x_T.shape[-1]))
+    order, linearize = map_settings(method, sampler, solver=solver, linearize=linearize)
+    fmap = DEQMap(eps_view(eps_fn, problem.x_T.shape[-1]), order=order, linearize=linearize)
     optimizer = _adam(float(learning_rate)) if optimizer is None else optimizer
     x = problem.x_T
     opt_state = optimizer.init(x)

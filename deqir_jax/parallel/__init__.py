@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..diffusion import DEQMap, Problem
-from ..diffusion.deq_map import check_order
+from ..diffusion.deq_map import check_linearize, check_order
 
 AXIS = "t"
 BATCH = "b"
@@ -88,14 +88,16 @@ class ShardedDEQMap:
     chunk_size: int | None = None
     axis_name: str = AXIS
     order: int | None = None
+    linearize: float | None = None
 
     def __post_init__(self):
         check_order(self.order)
+        check_linearize(self.linearize)
 
     def __call__(self, X, problem: Problem):
         check_mesh(self.mesh, X.shape[0], X.shape[1], self.axis_name)
         local = DEQMap(self.eps_fn, chunk_size=self.chunk_size, axis_name=self.axis_name,
-                       order=self.order)
+                       order=self.order, linearize=self.linearize)
         b = batch_axis(self.mesh)
         spec = P(b, self.axis_name)
         fn = jax.shard_map(

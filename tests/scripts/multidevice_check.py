@@ -41,10 +41,11 @@ with warnings.catch_warnings():
         for f in (DEQMap(eps), ShardedDEQMap(eps, make_mesh(8)))
     ]
     out["float32_map_rounding"] = max(rounding)
-    for method, dtype in (("anderson", jnp.float64), ("picard", jnp.float64),
-                          ("picard", jnp.float32)):
+    for method, dtype, extra in (("anderson", jnp.float64, {}), ("picard", jnp.float64, {}),
+                                 ("picard", jnp.float32, {}),
+                                 ("anderson", jnp.float64, {"linearize": 0.1})):
         # Picard runs to its exact fixed point (T + 1 evaluations; tol below float32 rounding).
-        opts = {"tol": 1e-9} if method == "picard" else {}
+        opts = dict({"tol": 1e-9} if method == "picard" else {}, **extra)
         def run(mesh, method=method, dtype=dtype, opts=opts):
             return dq.restore(committed, None, None, T, method, mesh=mesh, dtype=dtype, **opts,
                               **kw)
@@ -57,7 +58,7 @@ with warnings.catch_warnings():
             res = run(make_mesh(n))
             rows[n] = diff(res, ref)
         rows["2x4"] = diff(run(make_mesh(8, batch=2)), ref)  # images 2 ways × timesteps 4
-        out[f"{method}-{jnp.dtype(dtype).name}"] = rows
+        out[f"{method}{'-linearized' if extra else ''}-{jnp.dtype(dtype).name}"] = rows
     # Sequential on a mesh: data parallel, the images split over all its devices.
     seq_kw = dict(kw, batch=8, dtype=jnp.float64)
     seq = lambda mesh: dq.restore(committed, None, None, T, "sequential", mesh=mesh, **seq_kw)
