@@ -15,6 +15,15 @@ from typing import Any
 from . import schedules
 
 
+class SettingError(ValueError):
+    """A sampler setting out of range: ``field`` names it, ``detail`` says what is wrong
+    (the message is ``"<field> <detail>"``)."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"{field} {detail}")
+        self.field, self.detail = field, detail
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampler:
     """How the DDNM/DeqIR chain samples (hashable; static under ``jax.jit``).
@@ -49,7 +58,7 @@ class Sampler:
             if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
                     hi is not None and value > hi):
                 rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-                raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
+                raise SettingError(name, f"must be an integer {rng}, got {value!r}")
 
         integer("timesteps", self.timesteps, 1, schedules.NUM_TRAIN_STEPS)
         integer("samples", self.samples, 1)
@@ -57,24 +66,24 @@ class Sampler:
             integer("ccdf", self.ccdf, 1, self.timesteps)
         for name in ("noise_aware", "fresh_noise"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise SettingError(name, f"must be True or False, got {getattr(self, name)!r}")
         for name in ("nw", "etw", "sigma_y"):  # plain floats: hashable, JSON-able
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+                raise SettingError(name, f"must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))
         for name in ("nw", "etw"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a finite number in [0, 1], got "
-                                 f"{getattr(self, name)}")
+                raise SettingError(name, f"must be a finite number in [0, 1], got "
+                                         f"{getattr(self, name)}")
         if not 0.0 <= self.sigma_y < float("inf"):
-            raise ValueError(f"sigma_y must be a finite number >= 0, got {self.sigma_y}")
+            raise SettingError("sigma_y", f"must be a finite number >= 0, got {self.sigma_y}")
         if self.schedule not in schedules.SCHEDULES:
-            raise ValueError(f"schedule must be one of {schedules.SCHEDULES}, got "
-                             f"{self.schedule!r}")
+            raise SettingError("schedule", f"must be one of {schedules.SCHEDULES}, got "
+                                           f"{self.schedule!r}")
         if self.skip_type not in schedules.SKIP_TYPES:
-            raise ValueError(f"skip_type must be one of {schedules.SKIP_TYPES}, got "
-                             f"{self.skip_type!r}")
+            raise SettingError("skip_type", f"must be one of {schedules.SKIP_TYPES}, got "
+                                            f"{self.skip_type!r}")
 
     @classmethod
     def official(cls, **overrides: Any) -> Sampler:

@@ -24,7 +24,7 @@ from deqir_jax.restore import (
     map_settings,
     resolve_method,
 )
-from deqir_jax.solve import Anderson, Picard, fixed_point
+from deqir_jax.solve import Anderson, Picard, SlidingWindow, fixed_point
 
 SHAPE = (8, 8, 3)
 T = 8
@@ -62,6 +62,32 @@ def test_order_must_be_positive():
     for bad in (0, -0.1, float("nan"), float("inf"), True, "0.1"):
         with pytest.raises(ValueError, match="linearize"):
             DEQMap(lambda p, x, t: x, linearize=bad)
+
+
+@pytest.mark.parametrize("order,linearize", [(None, None), (2, None), (None, 0.1), (3, 0.1)])
+def test_window_of_every_map_form(setup, order, linearize):
+    """``DEQMap.window`` (the sliding window's map) for every order and linearization: at the
+    sequential trajectory each window is those rows, and the sliding-window solver reaches
+    the sequential trajectory from x_T, also under ``jax.vmap`` over the images."""
+    _, _, _, prob, eps, traj = setup
+    F = DEQMap(eps, order=order, linearize=linearize)
+    for start, size in ((0, 3), (2, 4), (T - 3, 3)):
+        np.testing.assert_allclose(np.asarray(F.window(traj, prob, start, size)),
+                                   np.asarray(traj[:, start:start + size]), rtol=0, atol=1e-12)
+    solver = SlidingWindow(window=3, tol=1e-12, max_steps=3 * T)
+    sol = fixed_point(F, solver, initial_trajectory(prob), prob)
+    assert int(sol.result) == 0
+    np.testing.assert_allclose(np.asarray(sol.value), np.asarray(traj), rtol=0, atol=1e-10)
+
+    axes = jax.tree_util.tree_map(lambda a: 0 if getattr(a, "ndim", 0) and a.shape[0] == 2
+                                  else None, prob)
+
+    def one(p):  # one image at a time: the batch axis mapped away and added back
+        p = jax.tree_util.tree_map(lambda a, ax: a if ax is None else a[None], p, axes)
+        return fixed_point(F, solver, initial_trajectory(p), p).value[0]
+
+    mapped = jax.jit(jax.vmap(one, in_axes=(axes,)))(prob)
+    np.testing.assert_allclose(np.asarray(mapped), np.asarray(traj), rtol=0, atol=1e-10)
 
 
 def test_linearized_order_one_is_the_plain_order_one_map(setup):

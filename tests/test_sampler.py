@@ -12,6 +12,7 @@ import pytest
 import deqir_jax as dq
 from deqir_jax import models
 from deqir_jax.diffusion import sampler_for
+from deqir_jax.sampler import SettingError
 
 TINY = models.ADMConfig(
     image_size=16, model_channels=32, out_channels=6, num_res_blocks=1,
@@ -35,8 +36,12 @@ def tiny():
     (dict(fresh_noise="yes"), "fresh_noise must be True or False"),
 ])
 def test_sampler_validates(bad, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         dq.Sampler(**bad)
+    # the error names its field (the CLI maps it to the flag without parsing the message)
+    assert isinstance(info.value, SettingError)
+    assert info.value.field == match.split(" ")[0] or info.value.field == "schedule"
+    assert str(info.value) == f"{info.value.field} {info.value.detail}"
 
 
 def test_sampler_replace_dict_round_trip():

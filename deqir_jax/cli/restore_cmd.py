@@ -14,6 +14,7 @@ from ..diffusion import Sampler, sampler_for
 from ..io import list_images, read_image
 from ..parallel import check_mesh
 from ..restore import METHODS, make_solver, map_settings, resolve_method
+from ..sampler import SettingError
 from . import engine
 from .common import (
     EXIT_FAILURE,
@@ -153,10 +154,10 @@ def sampler_from_args(args, model, **task) -> Sampler:
         given["ccdf"] = None  # a recommended start later than the asked T: run every step
     try:
         return base.replace(**given, **task)
-    except ValueError as err:  # "ccdf must be ..." -> "--ccdf must be ..."
-        field = str(err).split(" ", 1)[0]
-        flag = f"--{field.replace('_', '-')}" if field in given else "sampler setting " + field
-        raise UsageError(f"{flag}{str(err)[len(field):]}") from None
+    except SettingError as err:  # "ccdf must be ..." -> "--ccdf must be ..."
+        flag = (f"--{err.field.replace('_', '-')}" if err.field in given
+                else f"sampler setting {err.field}")
+        raise UsageError(f"{flag} {err.detail}") from None
 
 
 def sampler_source(args, model) -> str:
