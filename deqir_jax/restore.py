@@ -33,32 +33,26 @@ METHODS = ("auto", "sequential", "anderson", "picard")
 DEFAULT_ORDER = None
 DEFAULT_TOL = 1.0
 #: The variance s² of the white Gaussian whose ε slope the default parallel map solves exactly
-#: (:class:`~deqir_jax.diffusion.DEQMap`'s ``linearize``), used where the official map
-#: carries errors through ε with a gain near 1 (:func:`map_settings`). Chosen from the depth
-#: benchmark (``experiments/results/bench_depth.md``).
+#: (:class:`~deqir_jax.diffusion.DEQMap`'s ``linearize``). Chosen from the depth benchmark
+#: (``experiments/results/bench_depth_linearize.md``: 0.03 to 1 on DDNM's η = 1, T = 25; 0.1
+#: reaches sequential quality within 5-6 rounds on every task, smaller values stop early on
+#: colorization, larger ones need more rounds).
 DEFAULT_LINEARIZE = 0.1
 
 
-def map_settings(method: str, sampler: Sampler, *, faithful: bool = False, solver=None,
-                 order="default", linearize="default"):
-    """``(order, linearize)`` of the fixed-point map, with ``"default"`` resolved.
-
-    Only ``method="anderson"`` without ``faithful`` (and without a sliding window) departs from
-    the official full-order map: ``order`` becomes ``DEFAULT_ORDER``, and ``linearize``
-    becomes ``DEFAULT_LINEARIZE`` when the sampler's ε weight leaves most of ε uncancelled,
-    i.e. when the official map passes an error the network removes (ε moves with it, slope
-    1/√(1−a)) into later rows with a gain ``|E_i|/√(1−a_i) ≥ 1/2`` on most rows (the median
-    row): DDNM's η = 1 (gain ≈ 1.2 at T = 25), not the official etw 0.1 (≈ 0.3), where the
-    depth benchmark measured that linearizing slows the solve."""
+def map_settings(method: str, *, faithful: bool = False, solver=None, order="default",
+                 linearize="default"):
+    """``(order, linearize)`` of the fixed-point map, with ``"default"`` resolved: only
+    ``method="anderson"`` without ``faithful`` (and without a sliding window) departs from the
+    official full-order map, with ``DEFAULT_ORDER`` and ``DEFAULT_LINEARIZE`` (measured in
+    ``experiments/results/bench_depth.md``: with triangular Anderson the linearized map
+    reaches sequential quality in as many or fewer rounds on every task, for the official
+    sampler and for DDNM's η = 1, where the official map needs about T)."""
     default = method == "anderson" and not faithful and not isinstance(solver, SlidingWindow)
     if order == "default":
         order = DEFAULT_ORDER if default else None
     if linearize == "default":
-        linearize = None
-        if default:
-            c = sampler.coefficients()
-            if np.median(np.abs(c.eps_null) / c.sqrt_1ma) >= 0.5:
-                linearize = DEFAULT_LINEARIZE
+        linearize = DEFAULT_LINEARIZE if default else None
     return order, linearize
 
 
@@ -270,9 +264,9 @@ def restore(
             the full order otherwise.
         linearize: None (the official map) or the variance s² of the white Gaussian whose
             ε slope the map's prefix scan solves exactly (``DEQMap.linearize``: the same
-            fixed point, reached in far fewer rounds by samplers whose ε weight is small,
-            such as DDNM's η = 1). ``"default"``: see :func:`map_settings` (on for such
-            samplers with ``method="anderson"``, off otherwise).
+            fixed point, reached in far fewer rounds, above all by samplers whose ε weight is
+            small, such as DDNM's η = 1). ``"default"``: ``DEFAULT_LINEARIZE`` for
+            ``method="anderson"`` without ``faithful``, None otherwise (:func:`map_settings`).
         coarse: start the parallel solve from a sequential pass of this many steps spread
             onto the T rows (:func:`~deqir_jax.diffusion.coarse_trajectory`; 0: every row
             x_T, the official start). Its steps count in ``stats["depth"]``.
@@ -313,8 +307,8 @@ def restore(
                            image_shape=image_shape, batch=batch, dtype=dtype)
     if method != "sequential":
         solver = make_solver(method, problem.num_steps, solver, faithful, **solver_options)
-        order, linearize = map_settings(method, sampler, faithful=faithful, solver=solver,
-                                        order=order, linearize=linearize)
+        order, linearize = map_settings(method, faithful=faithful, solver=solver, order=order,
+                                        linearize=linearize)
     res = _solve(model, problem, method, solver, chunk_size, order, linearize, coarse, mesh,
                  return_trajectory)
     res.stats.update(method_reason=reason, sampler=sampler)

@@ -71,9 +71,9 @@ class Variant:
     linearize: float | None = None
 
 
-def variants(T: int, names, sampler) -> dict[str, Variant]:
+def variants(T: int, names) -> dict[str, Variant]:
     default = make_solver("anderson", T)
-    order, linearize = map_settings("anderson", sampler)
+    order, linearize = map_settings("anderson")
     all_ = {
         "picard": Variant(Picard(tol=1e-5, max_steps=T + 1)),
         "picard-lin": Variant(Picard(tol=1e-5, max_steps=T + 1), linearize=DEFAULT_LINEARIZE),
@@ -208,8 +208,7 @@ def run(args):
                         base = dict(model=model_name, T=T, task=task, image=name,
                                     sampler=sampler, seq_psnr=psnr(seq, img),
                                     seq_lpips=lpips(seq, img))
-                        for vname, var in variants(T, args.solvers,
-                                                   SAMPLERS[sampler]).items():
+                        for vname, var in variants(T, args.solvers).items():
                             t0 = time.perf_counter()
                             evals = min(args.max_depth - var.coarse, var.solver.max_steps)
                             pts, stop = curve(eps, prob, var, evals, img, seq)
@@ -265,8 +264,8 @@ def write(args, rows, curves):
         "anderson-v1 = an earlier default (per-row mixing, full order, relative tol 1e-4); "
         "triangular-full / triangular-lin = triangular Anderson with the per-row stop on the "
         "official / the linearized full-order map; default = "
-        "`dq.restore(method='anderson')` (triangular Anderson, per-row stop, the map "
-        "`map_settings` picks for the sampler: linearized for ddnm, official for official); "
+        "`dq.restore(method='anderson')` (triangular Anderson, per-row stop, the linearized "
+        f"full-order map, `linearize={DEFAULT_LINEARIZE}`; the same as triangular-lin); "
         "order2 = triangular Anderson on the order-2 system; coarseN+order2 = that started "
         "from an N-step coarse pass",
         f"machine: {machine()}",

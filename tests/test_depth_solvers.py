@@ -256,17 +256,18 @@ def test_restore_order_and_coarse(setup):
         dq.restore(model, y, op, T, "sequential", linearize=0.1, **kw)
 
 
-def test_map_settings_linearize_where_the_official_map_carries_errors(setup):
-    """The default map: linearized for DDNM's η = 1 (the ε weight is 0), official for the
-    official sampler, and only for ``method="anderson"`` without ``faithful``; an explicit
-    value always wins. ``dq.restore`` reports what ran and reaches the sequential result."""
-    ddnm, official = dq.Sampler(etw=1.0, nw=1.0, fresh_noise=True), dq.Sampler.official()
-    assert map_settings("anderson", ddnm) == (DEFAULT_ORDER, DEFAULT_LINEARIZE)
-    assert map_settings("anderson", official) == (DEFAULT_ORDER, None)
-    assert map_settings("anderson", ddnm, faithful=True) == (None, None)
-    assert map_settings("picard", ddnm) == (None, None)
-    assert map_settings("picard", ddnm, linearize=0.3, order=2) == (2, 0.3)
-    assert map_settings("anderson", ddnm, linearize=None) == (DEFAULT_ORDER, None)
+def test_map_settings_and_the_default_linearized_map(setup):
+    """The default map of ``method="anderson"`` (without ``faithful`` or a window) is the
+    linearized full-order map; every other method keeps the official map; an explicit value
+    always wins. ``dq.restore`` reports what ran and reaches the sequential result either way
+    (DDNM's η = 1: ε weight 0)."""
+    assert map_settings("anderson") == (DEFAULT_ORDER, DEFAULT_LINEARIZE)
+    assert map_settings("anderson", faithful=True) == (None, None)
+    assert map_settings("picard") == (None, None)
+    assert map_settings("picard", solver=SlidingWindow(window=2), linearize=0.3,
+                        order=2) == (2, 0.3)
+    assert map_settings("anderson", linearize=None) == (DEFAULT_ORDER, None)
+    ddnm = dq.Sampler(etw=1.0, nw=1.0, fresh_noise=True)
     model, op, y, _, _, _ = setup
     kw = dict(key=1, sampler=ddnm, dtype=jnp.float64)
     seq = dq.restore(model, y, op, T, "sequential", **kw)

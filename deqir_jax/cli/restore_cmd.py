@@ -225,7 +225,7 @@ def run_config(args, model, *, sigma_y: float = 0.0, noise_aware: bool = False,
     order = linearize = None
     if method != "sequential":
         order, linearize = map_settings(
-            method, sampler, faithful=args.faithful, solver=solver,
+            method, faithful=args.faithful, solver=solver,
             order="default" if args.order is None else args.order,
             linearize="default" if args.linearize is None else args.linearize or None)
     return engine.RunConfig(

@@ -170,7 +170,7 @@ def optimize_init(
                         lpips_net=lpips_net)
     solver = make_solver(method, problem.num_steps, solver)  # (ccdf: fewer rows than T)
     eps_fn = _remat(model.eps_fn) if remat else model.eps_fn
-    order, linearize = map_settings(method, sampler, solver=solver, linearize=linearize)
+    order, linearize = map_settings(method, solver=solver, linearize=linearize)
     fmap = DEQMap(eps_view(eps_fn, problem.x_T.shape[-1]), order=order, linearize=linearize)
     optimizer = _adam(float(learning_rate)) if optimizer is None else optimizer
     x = problem.x_T
