@@ -14,6 +14,11 @@ For the stacked trajectory ``X = [x_1; …; x_T]`` (shape (B, T, H, W, C)), one 
 Row i depends only on rows < i, so the Jacobian is strictly block lower-triangular and the unique
 fixed point is the sequential trajectory of :func:`~deqir_jax.diffusion.sequential_sample`. The
 coefficients come from the same :class:`StepCoefficients` as the sequential step.
+
+With ``linearize=s²`` (:class:`DEQMap`) the scan also carries the slope ``g_i`` of a Gaussian
+model of ε (:func:`gaussian_eps_slope`): the decays become ``d_i + e_i g_i`` (and
+``d_i(1−λ_i) + e'_i g_i``) and ε becomes ``ε_i − g_i x_{i−1}``, the same recurrence written
+around a better linear guess of how ε moves with its input.
 """
 
 from __future__ import annotations
