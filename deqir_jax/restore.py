@@ -45,9 +45,11 @@ def map_settings(method: str, *, faithful: bool = False, solver=None, order="def
     """``(order, linearize)`` of the fixed-point map, with ``"default"`` resolved: only
     ``method="anderson"`` without ``faithful`` (and without a sliding window) departs from the
     official full-order map, with ``DEFAULT_ORDER`` and ``DEFAULT_LINEARIZE`` (measured in
-    ``experiments/results/bench_depth.md``: with triangular Anderson the linearized map
-    reaches sequential quality in as many or fewer rounds on every task, for the official
-    sampler and for DDNM's η = 1, where the official map needs about T)."""
+    ``experiments/results/bench_depth*.md``: with triangular Anderson the linearized map
+    stops after 5-12 rounds for DDNM's η = 1 at T = 25-100, where the official map needs
+    about T, and earlier than the official map for the official sampler in 10 of 12 cases;
+    plain Picard on it is slower with the official sampler, so Picard keeps the official
+    map)."""
     default = method == "anderson" and not faithful and not isinstance(solver, SlidingWindow)
     if order == "default":
         order = DEFAULT_ORDER if default else None
