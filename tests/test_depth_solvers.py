@@ -56,7 +56,7 @@ def test_every_order_has_the_sequential_fixed_point(setup, order, linearize):
     assert float(jnp.max(jnp.abs(X - traj))) <= 1e-12
 
 
-def test_order_must_be_positive():
+def test_order_and_linearize_are_validated():
     with pytest.raises(ValueError, match="order"):
         DEQMap(lambda p, x, t: x, order=0)
     for bad in (0, -0.1, float("nan"), float("inf"), True, "0.1"):

@@ -20,7 +20,8 @@ KW = dict(key=0, etw=0.1)
 SOLVERS = {
     "sequential": {},
     "picard": dict(solver=Picard(tol=1e-7, max_steps=T + 1)),
-    "anderson": dict(tol=1e-6, stop="relative"),
+    "anderson": dict(tol=1e-6, stop="relative"),  # (the default map: linearized)
+    "anderson-official-map": dict(tol=1e-6, stop="relative", linearize=None),
     # the official solver has no causal rule: it needs more evaluations to get there
     "faithful": dict(faithful=True, max_steps=40, tol=1e-6),
     # the order-2 system from a 3-step coarse start (X0 depends on x_T, but the solution

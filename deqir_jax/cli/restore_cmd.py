@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..diffusion import Sampler, sampler_for
+from ..diffusion.deq_map import check_linearize
 from ..io import list_images, read_image
 from ..parallel import check_mesh
 from ..restore import METHODS, make_solver, map_settings, resolve_method
@@ -104,8 +105,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    "each row K steps from row r-K (default: the full-order official map)")
     s.add_argument("--linearize", type=_linearize_value, metavar="S2|off", help="solve the "
                    "slope of the epsilon of white Gaussian data with variance S2 inside the "
-                   "map's prefix scan (same fixed point, fewer rounds for DDNM eta = 1); off: "
-                   "the official map (default: on for such samplers with --method anderson)")
+                   "map's prefix scan (same fixed point, fewer rounds); off: the official map "
+                   "(default: 0.1 with --method anderson, off for picard and --faithful)")
     s.add_argument("--coarse", type=int, default=0, metavar="N", help="start the parallel "
                    "solve from an N-step sequential pass spread onto the T rows (counts in "
                    "the depth; default: 0, every row x_T)")
@@ -125,15 +126,16 @@ def _check_range(name: str, value, lo=None, hi=None, *, lo_open=False) -> None:
 
 
 def _linearize_value(text: str) -> float:
-    """``--linearize``: a variance > 0, or ``off`` (0.0: the official map)."""
+    """``--linearize``: a variance > 0 (checked as ``DEQMap`` checks it), or ``off`` (0.0:
+    the official map)."""
     if text.strip().lower() in ("off", "none", "0"):
         return 0.0
     try:
         value = float(text)
+        check_linearize(value)
     except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a variance > 0 or 'off', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a variance > 0 or 'off', got {text!r}") \
+            from None
     return value
 
 
