@@ -92,8 +92,10 @@ class Restoration:
             evaluations per image), ``depth`` (per image: sequential network rounds, i.e.
             parallel map evaluations until that image stopped plus the coarse pass's steps;
             T for sequential), ``image_result`` and ``image_converged`` (each image's fate),
-            ``result`` and ``converged`` (the batch's worst), ``residual`` (per image; None
-            for sequential), ``residual_history``. Eagerly these are plain Python (results
+            ``result`` and ``converged`` (the batch's worst), ``residual`` (per image, the
+            solver's stopping measure, the quantity its ``tol`` bounds; None for sequential),
+            ``residual_history``, ``order`` and ``linearize`` (the map's; None for
+            sequential, which has no map). Eagerly these are plain Python (results
             named ``"converged"``, ``"max_steps"``, ``"nonfinite"`` or ``"sequential"``);
             inside a transformation they are arrays (results as
             :class:`~deqir_jax.solve.Result` codes).
@@ -340,7 +342,8 @@ def _solve(model, problem, method, solver, chunk_size, order, linearize, coarse,
         finite = jnp.all(jnp.isfinite(image), axis=tuple(range(1, image.ndim)))
         codes = jnp.where(finite, Result.CONVERGED, Result.NONFINITE).astype(jnp.int32)
         stats = dict(iterations=T, nfe=T, depth=jnp.full((n,), T), residual=None,
-                     residual_history=jnp.zeros((0,), image.dtype))
+                     residual_history=jnp.zeros((0,), image.dtype), order=None,
+                     linearize=None)
         sol = None
     else:
         X0 = _coarse(eps, problem, coarse) if coarse else initial_trajectory(problem)
@@ -369,7 +372,8 @@ def _solve(model, problem, method, solver, chunk_size, order, linearize, coarse,
         traj = sol.value if return_trajectory else None
         codes = sol.stats.image_result
         stats = dict(iterations=sol.stats.map_evals, nfe=sol.stats.row_evals + coarse,
-                     depth=sol.stats.image_steps + coarse, residual=sol.stats.residual,
+                     depth=sol.stats.image_steps + coarse,
+                     residual=solver.stop_measure(sol.stats.residual, sol.stats.row_residuals),
                      residual_history=sol.stats.residual_history, order=order,
                      linearize=linearize)
     worst = jnp.max(codes)

@@ -85,17 +85,45 @@ def variants(T: int, names) -> dict[str, Variant]:
         "order2": Variant(default, 2),
         f"coarse{max(T // 5, 1)}+order2": Variant(default, 2, max(T // 5, 1)),
     }
-    for name in names:  # picard-lin<S2>, triangular-lin<S2>: another linearization variance
-        base, _, value = name.partition("-lin")
-        if name not in all_ and base in ("picard", "triangular") and value:
-            try:
-                all_[name] = dataclasses.replace(all_[f"{base}-lin"], linearize=float(value))
-            except ValueError:
-                pass
-    unknown = set(names) - set(all_)
-    if unknown:
-        raise SystemExit(f"unknown solver(s) {sorted(unknown)}; known: {sorted(all_)}")
-    return {k: v for k, v in all_.items() if k in names}
+    out = {}
+    for name in names:
+        out[name] = parse_variant(name, all_)
+    return out
+
+
+def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
+    """A known variant; ``picard-lin<S2>``/``triangular-lin<S2>``: another linearization
+    variance; a ``:field=value,...`` suffix overrides fields of the solver (e.g.
+    ``default:m=10``)."""
+    base, _, overrides = name.partition(":")
+    kind, _, s2 = base.partition("-lin")
+    if base in known:
+        var = known[base]
+    elif kind in ("picard", "triangular") and _is_number(s2):
+        var = dataclasses.replace(known[f"{kind}-lin"], linearize=float(s2))
+    else:
+        raise SystemExit(f"unknown solver {base!r}; known: {sorted(known)}, "
+                         "picard-lin<S2>, triangular-lin<S2>, any of them with :field=value")
+    fields = {}
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        if not hasattr(var.solver, key) or not value:
+            raise SystemExit(f"{name!r}: {key!r} is not a field of {type(var.solver).__name__}"
+                             " (write field=value)")
+        current = getattr(var.solver, key)
+        if isinstance(current, bool):
+            fields[key] = value.lower() in ("1", "true")
+        else:
+            fields[key] = float(value) if current is None else type(current)(value)
+    return dataclasses.replace(var, solver=dataclasses.replace(var.solver, **fields))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_model(name: str, size: int):
@@ -310,7 +338,11 @@ def main(argv=None):
     p.add_argument("--tasks", nargs="+", default=list(OP_KW), choices=list(OP_KW))
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     p.add_argument("--solvers", nargs="+",
-                   default=["picard", "anderson-faithful", "default", "order2"])
+                   default=["picard", "anderson-faithful", "default", "order2"],
+                   help="variants: picard, picard-lin, anderson-faithful, anderson-v1, "
+                        "triangular-full, triangular-lin, default, order2, coarse<N>+order2; "
+                        "picard-lin<S2>/triangular-lin<S2> for another s²; a suffix "
+                        ":field=value,... overrides solver fields (default:m=10)")
     p.add_argument("--images", nargs="+", default=["Kodak24/kodim05.png"],
                    help="paths under ../shared/data/test")
     p.add_argument("--size", type=int, default=64)

@@ -214,3 +214,17 @@ def test_restore_reports_each_images_fate():
     assert res.stats["depth"] == [3, 1]
     seq = dq.restore(Linear(), y, op, 6, "sequential", x_T=x_T, noise=jnp.zeros((2,) + SHAPE))
     assert seq.stats["image_converged"] == [True, True]
+
+
+def test_restore_residual_is_the_stopping_measure():
+    """res.stats["residual"] is what the solver's tol bounds (per image), so a converged image
+    has it ≤ tol and the step-limit message compares like with like."""
+    from deqir_jax.restore import DEFAULT_TOL
+
+    model = GaussianModel.create(SHAPE)
+    res = dq.restore(model, None, None, 10, "anderson", image_shape=SHAPE, batch=2, key=0)
+    assert res.stats["converged"] and len(res.stats["residual"]) == 2
+    assert max(res.stats["residual"]) <= DEFAULT_TOL
+    seq = dq.restore(model, None, None, 10, "sequential", image_shape=SHAPE)
+    assert seq.stats["residual"] is None
+    assert seq.stats["order"] is None and seq.stats["linearize"] is None

@@ -22,7 +22,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..diffusion import DEQMap, Problem
-from ..diffusion.deq_map import check_linearize, check_order
 
 AXIS = "t"
 BATCH = "b"
@@ -91,13 +90,16 @@ class ShardedDEQMap:
     linearize: float | None = None
 
     def __post_init__(self):
-        check_order(self.order)
-        check_linearize(self.linearize)
+        self.local()  # DEQMap validates order and linearize
+
+    def local(self) -> DEQMap:
+        """The map each device runs on its block of rows."""
+        return DEQMap(self.eps_fn, chunk_size=self.chunk_size, axis_name=self.axis_name,
+                      order=self.order, linearize=self.linearize)
 
     def __call__(self, X, problem: Problem):
         check_mesh(self.mesh, X.shape[0], X.shape[1], self.axis_name)
-        local = DEQMap(self.eps_fn, chunk_size=self.chunk_size, axis_name=self.axis_name,
-                       order=self.order, linearize=self.linearize)
+        local = self.local()
         b = batch_axis(self.mesh)
         spec = P(b, self.axis_name)
         fn = jax.shard_map(

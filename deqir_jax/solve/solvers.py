@@ -69,13 +69,13 @@ class _Base:
     every problem has stopped or at ``max_steps`` evaluations.
     """
 
-    def _measure(self, rel, row):
-        """The stopping measure of each problem, (B,)."""
+    def stop_measure(self, rel, row):
+        """The stopping measure of each problem, (B,): what ``tol`` bounds."""
         return rel if self.stop == "relative" else jnp.max(row, axis=1)
 
     def _bookkeep(self, state, x, fx, row_scale, checked):
         rel, row = residuals(x, fx, row_scale)
-        measure = self._measure(rel, row)
+        measure = self.stop_measure(rel, row)
         k = state["evals"]
         axes = tuple(range(1, x.ndim))
         finite = jnp.all(jnp.isfinite(fx), axis=axes) & jnp.all(jnp.isfinite(x), axis=axes)

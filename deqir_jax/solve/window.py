@@ -47,6 +47,10 @@ class SlidingWindow:
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
+    def stop_measure(self, rel, row):
+        """The stopping measure of each problem, (B,): its largest per-row residual."""
+        return jnp.max(row, axis=1)
+
     def solve(self, fn, X0, args, row_scale=None) -> Solution:
         """Solve ``X = fn(X, args)`` from ``X0`` (B, R, ...) (see the module docstring)."""
         if not hasattr(fn, "window"):
