@@ -1,0 +1,55 @@
+"""The depth benchmark's variant names and the offline tolerance reader (experiments/)."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+EXP = Path(__file__).parents[1] / "experiments"
+sys.path.insert(0, str(EXP))
+
+import bench_depth  # noqa: E402
+import stop_tolerance  # noqa: E402
+
+from deqir_jax.restore import DEFAULT_LINEARIZE, DEFAULT_TOL  # noqa: E402
+
+
+def test_variant_names_and_overrides():
+    v = bench_depth.variants(25, ["default", "default:m=10", "triangular-lin0.3:m=3,guard=false",
+                                  "picard"])
+    assert v["default"].solver.m == 5 and v["default"].linearize == DEFAULT_LINEARIZE
+    assert v["default:m=10"].solver.m == 10
+    assert v["default:m=10"].solver.tol == v["default"].solver.tol
+    lin = v["triangular-lin0.3:m=3,guard=false"]
+    assert (lin.linearize, lin.solver.m, lin.solver.guard) == (0.3, 3, False)
+    for bad, msg in [("nope", "unknown solver"), ("default:zz=1", "not a field"),
+                     ("triangular-linx", "unknown solver"), ("default:m", "not a field")]:
+        with pytest.raises(SystemExit, match=msg):
+            bench_depth.variants(25, [bad])
+
+
+def test_stop_at_respects_warmup_and_tolerance():
+    pts = [dict(depth=k, residual=r) for k, r in enumerate([0.1, 0.2, 5.0, 0.9, 0.4], 1)]
+    assert stop_tolerance.stop_at(pts, 1.0)["depth"] == 4  # depths 1-2 are the warm-up
+    assert stop_tolerance.stop_at(pts, 0.5)["depth"] == 5
+    assert stop_tolerance.stop_at(pts, 0.3) is None
+
+
+def test_offline_stop_matches_the_solvers_own_stop():
+    """On the committed curves, reading the stop at the default tolerance off the recorded
+    residuals gives the depth at which the solver stopped inside its own loop."""
+    prefix = EXP / "results" / "bench_depth_images"
+    if not Path(f"{prefix}_curves.json").exists():
+        pytest.skip("committed depth curves not present")
+    stops = {}
+    with open(f"{prefix}.csv") as f:
+        for r in csv.DictReader(f):
+            if r["solver"] == "default":
+                stops[(r["T"], r["task"], r["image"], r["sampler"])] = r["stop_depth"]
+    curves = stop_tolerance.load(str(prefix), "default")
+    assert len(curves) == len(stops) > 0
+    for c in curves:
+        p = stop_tolerance.stop_at(c["points"], DEFAULT_TOL)
+        assert str(p["depth"] if p else "") == stops[(str(c["T"]), c["task"], c["image"],
+                                                       c["sampler"])]
