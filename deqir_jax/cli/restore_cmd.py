@@ -125,11 +125,14 @@ def _check_range(name: str, value, lo=None, hi=None, *, lo_open=False) -> None:
         raise UsageError(f"{name} must be <= {hi}, got {value}")
 
 
-def _linearize_value(text: str) -> float:
-    """``--linearize``: a variance > 0 (checked as ``DEQMap`` checks it), or ``off`` (0.0:
-    the official map)."""
+_OFF = "off"
+
+
+def _linearize_value(text: str) -> float | str:
+    """``--linearize``: a variance > 0 (checked as ``DEQMap`` checks it), or ``"off"`` (the
+    official map; the option's absence, None, means the default)."""
     if text.strip().lower() in ("off", "none", "0"):
-        return 0.0
+        return _OFF
     try:
         value = float(text)
         check_linearize(value)
@@ -229,7 +232,8 @@ def run_config(args, model, *, sigma_y: float = 0.0, noise_aware: bool = False,
         order, linearize = map_settings(
             method, faithful=args.faithful, solver=solver,
             order="default" if args.order is None else args.order,
-            linearize="default" if args.linearize is None else args.linearize or None)
+            linearize=("default" if args.linearize is None
+                       else None if args.linearize == _OFF else args.linearize))
     return engine.RunConfig(
         sampler=sampler, method=method, method_reason=reason, solver=solver,
         order=order, linearize=linearize, coarse=args.coarse, devices=args.devices,
