@@ -34,7 +34,9 @@ class Stats:
         row_evals: network rows evaluated per problem (NFE per image), int32 scalar.
         residual_history: (max_steps,) the stopping residual after each evaluation, NaN after
             the last one.
-        residual: (B,) final relative residual ``‖F(X) − X‖/(1e-5 + ‖F(X)‖)`` per problem.
+        residual: (B,) final relative residual ``‖F(X) − X‖/(1e-5 + ‖F(X)‖)`` per problem
+            (:class:`SlidingWindow`: its largest per-row residual); the solver's
+            ``stop_measure(residual, row_residuals)`` is what its ``tol`` bounds.
         row_residuals: (B, R) final per-row residual ``‖F(X)_r − X_r‖/(√D · scale_r)``.
         image_steps: (B,) map evaluations each problem took before it stopped (problems stop
             on their own; a stopped one is frozen while the others continue).
