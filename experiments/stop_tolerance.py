@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import header, table  # noqa: E402
+from bench_depth import sequential_quality  # noqa: E402
 
 WARMUP = 2  # Anderson's plain warm-up steps: no stop before them
 
@@ -50,10 +51,6 @@ def stop_at(points, tol, coarse=0):
     return None
 
 
-def good(p, seq_psnr):
-    return p["psnr_gt"] >= seq_psnr - 0.1 or p["psnr_seq"] >= 50
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("prefixes", nargs="+", help="bench_depth --out prefixes")
@@ -74,7 +71,7 @@ def main(argv=None):
                 row[f"tol {tol:g}"] = "–"
                 s["missed"] += 1
                 continue
-            ok = good(p, c["seq_psnr"])
+            ok = sequential_quality(p, c["seq_psnr"])
             s["ok"] += ok
             s["depths"].setdefault(c["T"], []).append(p["depth"])
             row[f"tol {tol:g}"] = (f"{p['depth']} {'ok' if ok else 'EARLY'} "

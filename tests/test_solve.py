@@ -225,6 +225,9 @@ def test_restore_residual_is_the_stopping_measure():
     res = dq.restore(model, None, None, 10, "anderson", image_shape=SHAPE, batch=2, key=0)
     assert res.stats["converged"] and len(res.stats["residual"]) == 2
     assert max(res.stats["residual"]) <= DEFAULT_TOL
+    # the per-row measure (the default stop), not the relative residual Stats.residual holds
+    rows = np.asarray(res.solution.stats.row_residuals).max(axis=1)
+    np.testing.assert_allclose(res.stats["residual"], rows, rtol=1e-6)
     seq = dq.restore(model, None, None, 10, "sequential", image_shape=SHAPE)
     assert seq.stats["residual"] is None
     assert seq.stats["order"] is None and seq.stats["linearize"] is None
