@@ -199,12 +199,17 @@ def curve(eps, problem, variant: Variant, evals: int, gt, seq):
         res = float(st["history"][k - 1])
         out.append(dict(depth=variant.coarse + k, psnr_gt=psnr(im, gt), psnr_seq=psnr(im, seq),
                         lpips_gt=lpips(im, gt), residual=res))
-        if stop is None and ((k > solver.warmup and res <= solver.tol)
-                             or k >= solver.max_steps):
-            stop = dict(out[-1], converged=k > solver.warmup and res <= solver.tol)
+        if stop is None and (stops_here(k, res, solver) or k >= solver.max_steps):
+            stop = dict(out[-1], converged=stops_here(k, res, solver))
         if k < evals:
             st = step(st, problem)
     return out, stop
+
+
+def stops_here(k: int, residual: float, solver, tol: float | None = None) -> bool:
+    """The solver's own stopping test at its k-th evaluation (1-based, after any coarse
+    start): past its warm-up and the stopping measure ≤ its tolerance (or ``tol``)."""
+    return k > getattr(solver, "warmup", 0) and residual <= (solver.tol if tol is None else tol)
 
 
 def sequential_quality(point, seq_psnr) -> bool:

@@ -23,9 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import header, table  # noqa: E402
-from bench_depth import sequential_quality  # noqa: E402
-
-WARMUP = 2  # Anderson's plain warm-up steps: no stop before them
+from bench_depth import sequential_quality, stops_here, variants  # noqa: E402
 
 
 def load(prefix: str, solver: str):
@@ -43,10 +41,11 @@ def load(prefix: str, solver: str):
     return out
 
 
-def stop_at(points, tol, coarse=0):
-    """The point where the measure first falls to ≤ tol after the warm-up (None: never)."""
+def stop_at(points, tol, solver, coarse=0):
+    """The point where ``solver`` (a solver value: its warm-up) would stop with tolerance
+    ``tol``: the first whose measure is ≤ tol after the warm-up (None: never)."""
     for p in points:
-        if p["depth"] - coarse > WARMUP and p["residual"] <= tol:
+        if stops_here(p["depth"] - coarse, p["residual"], solver, tol):
             return p
     return None
 
@@ -64,8 +63,9 @@ def main(argv=None):
     rows, summary = [], {tol: dict(ok=0, missed=0, depths={}) for tol in args.tols}
     for c in curves:
         row = dict(T=c["T"], task=c["task"], image=c["image"], sampler=c["sampler"])
+        var = variants(c["T"], [args.solver])[args.solver]
         for tol in args.tols:
-            p = stop_at(c["points"], tol)
+            p = stop_at(c["points"], tol, var.solver, var.coarse)
             s = summary[tol]
             if p is None:
                 row[f"tol {tol:g}"] = "–"

@@ -30,10 +30,14 @@ def test_variant_names_and_overrides():
 
 
 def test_stop_at_respects_warmup_and_tolerance():
+    solver = bench_depth.variants(25, ["default"])["default"].solver
+    assert solver.warmup == 2
     pts = [dict(depth=k, residual=r) for k, r in enumerate([0.1, 0.2, 5.0, 0.9, 0.4], 1)]
-    assert stop_tolerance.stop_at(pts, 1.0)["depth"] == 4  # depths 1-2 are the warm-up
-    assert stop_tolerance.stop_at(pts, 0.5)["depth"] == 5
-    assert stop_tolerance.stop_at(pts, 0.3) is None
+    assert stop_tolerance.stop_at(pts, 1.0, solver)["depth"] == 4  # depths 1-2: the warm-up
+    assert stop_tolerance.stop_at(pts, 0.5, solver)["depth"] == 5
+    assert stop_tolerance.stop_at(pts, 0.3, solver) is None
+    # After a coarse start of 2 rounds the warm-up is counted from the first parallel round.
+    assert stop_tolerance.stop_at(pts, 1.0, solver, coarse=2)["depth"] == 5
 
 
 def test_offline_stop_matches_the_solvers_own_stop():
@@ -50,6 +54,7 @@ def test_offline_stop_matches_the_solvers_own_stop():
     curves = stop_tolerance.load(str(prefix), "default")
     assert len(curves) == len(stops) > 0
     for c in curves:
-        p = stop_tolerance.stop_at(c["points"], DEFAULT_TOL)
+        solver = bench_depth.variants(c["T"], ["default"])["default"].solver
+        p = stop_tolerance.stop_at(c["points"], DEFAULT_TOL, solver)
         assert str(p["depth"] if p else "") == stops[(str(c["T"]), c["task"], c["image"],
                                                        c["sampler"])]
