@@ -122,6 +122,33 @@ def test_nonfinite_model_per_image_code_under_jit(problem, name):
         _restore(model, y.at[1].set(jnp.nan), op, name)
 
 
+def test_stopping_measure_under_jit_vmap_and_grad(problem):
+    """``stats["residual"]`` is the default solver's per-image stopping measure (what ``tol``
+    bounds) also when ``dq.restore`` runs under ``jax.jit``, ``jax.vmap`` over images and as
+    the auxiliary output of ``jax.grad``."""
+    from deqir_jax.restore import DEFAULT_TOL
+
+    model, op, y = problem
+    prob = dq.make_problem(model, y, op, timesteps=T, **KW)
+    run = lambda yy, xt, z: dq.restore(model, yy, op, T, "anderson", **KW, x_T=xt, noise=z)
+    eager = run(y, prob.x_T, prob.noise)
+    want = np.asarray(eager.solution.stats.row_residuals).max(axis=1)
+    np.testing.assert_allclose(eager.stats["residual"], want, rtol=1e-6)
+    assert eager.stats["converged"] and want.max() <= DEFAULT_TOL
+    jitted = jax.jit(lambda *a: run(*a).stats["residual"])(y, prob.x_T, prob.noise)
+    mapped = jax.vmap(lambda *a: run(*(b[None] for b in a)).stats["residual"][0])(
+        y, prob.x_T, prob.noise)
+
+    def loss(xt):
+        res = run(y, xt, prob.noise)
+        return jnp.sum(jnp.square(res.image)), res.stats["residual"]
+
+    _, in_grad = jax.grad(loss, has_aux=True)(prob.x_T)
+    for got in (jitted, mapped, in_grad):
+        assert np.shape(got) == want.shape
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-6)
+
+
 def test_default_solver_in_float32_stops_and_stays_float32(problem):
     model, op, y = problem
     res = dq.restore(model, y, op, T, "anderson", **KW)
