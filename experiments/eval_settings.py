@@ -71,6 +71,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "test"))
     p.add_argument("--set", default="Kodak24")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="a saved model checkpoint (default: the embedded default prior)")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--settings", nargs="+", default=["recommended"])
     p.add_argument("--batch", type=int, default=8)
@@ -82,7 +84,8 @@ def main(argv=None):
     if not folder.is_dir():
         sys.exit(f"no test set at {folder} (see ../shared/data/README)")
     gt_all, names = crops(folder, args.size)
-    model = dq.models.default()
+    model = dq.models.default() if args.model is None else dq.models.load(args.model)
+    model_name = "embedded default prior" if args.model is None else f"`{args.model}`"
     lp = dq.metrics.load_lpips_params("alex")
     tasks = {k: v for k, v in TASKS.items() if args.tasks is None or k in args.tasks}
     samplers = {s: parse_setting(s, model) for s in args.settings}
@@ -135,7 +138,7 @@ def main(argv=None):
                 beats_apy_lpips="–" if label == "A+y" else f"{wins_l}/{len(sel)}"))
     lines = header(f"Sampler settings on {args.set}", "eval_settings.py", [
         f"images: every image of {args.set}, centre {args.size}-px crops ({len(names)})",
-        f"model: embedded default prior; method auto (sequential on this CPU); image i draws "
+        f"model: {model_name}; method auto (sequential on this CPU); image i draws "
         f"from fold_in(key(seed), i) (seed {args.seed}; as `deqir restore --seed`)",
         *[f"`{s}`: {smp.describe()}" for s, smp in samplers.items()],
         "`[1 sample]`: the first of the K samples whose mean is the row above",

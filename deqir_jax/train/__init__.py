@@ -1,4 +1,4 @@
-"""Train an ε-prediction diffusion prior (an ADM UNet) on a folder of images.
+"""Train a diffusion prior (an ADM UNet predicting v, as the shipped prior, or ε) on images.
 
 Public API::
 

@@ -29,7 +29,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Add the training options to ``parser`` (a new one by default) and return it."""
     p = parser or argparse.ArgumentParser(
         prog="deqir train",
-        description="Train an ε-prediction ADM diffusion prior on folders of images "
+        description="Train an ADM diffusion prior (v- or ε-prediction) on folders of images "
                     "(resumable; exports the EMA params as a dq.models checkpoint).")
     d, m = TrainConfig.__dataclass_fields__, DEFAULT_PRIOR_CONFIG
     g = p.add_argument_group("data and run")

@@ -83,7 +83,7 @@ def _progress(total: int, initial: int, enabled: bool):
 def train(config: TrainConfig, *, stop_at: int | None = None, time_limit: float | None = None,
           progress: bool = True, data: ImageCrops | None = None,
           extend: bool = False) -> TrainResult:
-    """Train an ε-prediction diffusion prior on a folder of images (see ``step.py`` for the loss).
+    """Train a diffusion prior (v- or ε-prediction) on a folder of images (loss: ``step.py``).
 
     Every ``checkpoint_every`` steps (and when the loop ends for any reason) the state is saved
     to ``config.run_dir``; with ``config.resume`` the latest checkpoint is restored and training
