@@ -347,11 +347,10 @@ def _solve(model, problem, method, solver, chunk_size, order, linearize, coarse,
         sol = None
     else:
         X0 = _coarse(eps, problem, coarse) if coarse else initial_trajectory(problem)
-        if mesh is None:
-            deq_map = DEQMap(eps, chunk_size=chunk_size, order=order, linearize=linearize)
-        elif isinstance(solver, SlidingWindow):
+        deq_map = DEQMap(eps, chunk_size=chunk_size, order=order, linearize=linearize)
+        if mesh is not None and isinstance(solver, SlidingWindow):
             raise ValueError("the sliding window runs on one device; drop mesh= or the window")
-        else:
+        if mesh is not None:
             from .parallel import (
                 ShardedDEQMap,
                 batch_axis,
@@ -360,8 +359,7 @@ def _solve(model, problem, method, solver, chunk_size, order, linearize, coarse,
                 shard_trajectory,
             )
 
-            deq_map = ShardedDEQMap(eps, mesh, chunk_size=chunk_size, order=order,
-                                    linearize=linearize)
+            deq_map = ShardedDEQMap(deq_map, mesh)
             check_mesh(mesh, n, T, deq_map.axis_name)
             X0 = shard_trajectory(X0, mesh)
             # shard_map takes its local rows (and images) from these.

@@ -80,30 +80,29 @@ def problem_specs(problem: Problem, axis_name: str = AXIS, batch: str | None = N
 
 @dataclasses.dataclass(frozen=True)
 class ShardedDEQMap:
-    """The DEQ map with its timestep rows split over ``mesh`` (hashable, a static jit arg)."""
+    """``local`` (a :class:`DEQMap`) with its timestep rows split over ``mesh``: each device
+    runs ``local`` on its block of rows (hashable, a static jit arg). ``local.axis_name``
+    names the mesh axis of the rows; a map without one gets :data:`AXIS`."""
 
-    eps_fn: object
+    local: DEQMap
     mesh: Mesh
-    chunk_size: int | None = None
-    axis_name: str = AXIS
-    order: int | None = None
-    linearize: float | None = None
 
     def __post_init__(self):
-        self.local()  # DEQMap validates order and linearize
+        if not isinstance(self.local, DEQMap):
+            raise TypeError(f"ShardedDEQMap shards a DEQMap, got {type(self.local).__name__}")
+        if self.local.axis_name is None:
+            object.__setattr__(self, "local", dataclasses.replace(self.local, axis_name=AXIS))
 
-    def local(self) -> DEQMap:
-        """The map each device runs on its block of rows."""
-        return DEQMap(self.eps_fn, chunk_size=self.chunk_size, axis_name=self.axis_name,
-                      order=self.order, linearize=self.linearize)
+    @property
+    def axis_name(self) -> str:
+        return self.local.axis_name
 
     def __call__(self, X, problem: Problem):
         check_mesh(self.mesh, X.shape[0], X.shape[1], self.axis_name)
-        local = self.local()
         b = batch_axis(self.mesh)
         spec = P(b, self.axis_name)
         fn = jax.shard_map(
-            local,
+            self.local,
             mesh=self.mesh,
             in_specs=(spec, problem_specs(problem, self.axis_name, b)),
             out_specs=spec,

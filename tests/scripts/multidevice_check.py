@@ -38,7 +38,7 @@ with warnings.catch_warnings():
     _, traj = sequential_sample(eps, p32, return_trajectory=True)
     rounding = [
         float(np.max(np.abs(np.asarray(f(traj, p32)) - np.asarray(traj))))
-        for f in (DEQMap(eps), ShardedDEQMap(eps, make_mesh(8)))
+        for f in (DEQMap(eps), ShardedDEQMap(DEQMap(eps), make_mesh(8)))
     ]
     out["float32_map_rounding"] = max(rounding)
     for method, dtype, extra in (("anderson", jnp.float64, {}), ("picard", jnp.float64, {}),
@@ -90,7 +90,7 @@ out["errors"] = errors
 mesh = make_mesh(8)
 problem = dq.make_problem(model, None, None, timesteps=T, **kw)
 X0 = shard_trajectory(initial_trajectory(problem), mesh)
-fmap = ShardedDEQMap(eps_view(model.eps_fn, 3), mesh)
+fmap = ShardedDEQMap(DEQMap(eps_view(model.eps_fn, 3)), mesh)
 solver = make_solver("anderson", T)
 hlo = _parallel.lower(fmap, solver, X0, problem, jnp.ones((T,))).compile().as_text()
 gathers = [line.strip()[:200] for line in hlo.splitlines()
