@@ -10,7 +10,9 @@ With ``samples=K`` the restored image is the posterior mean of K samples, and th
 is reported too (``… [1 sample]``). Reports per task and setting the mean and worst-image
 PSNR, SSIM and LPIPS and the number of images on which the restoration beats A⁺y (PSNR
 higher, LPIPS lower). Writes ``<out>.md`` and ``<out>.csv`` (one row per image, task and
-setting).
+setting). ``--reuse CSV`` takes the rows of every task that CSV holds in full (A⁺y and all
+labels, every image) instead of recomputing them: for a CSV that an earlier run of this
+script wrote with the same model parameters, seed, size and settings.
 
     python experiments/eval_settings.py --set Kodak24 --size 128 \\
         --settings recommended ccdf=15 ccdf=10 ccdf=5 --out experiments/results/ccdf_eval
@@ -19,6 +21,7 @@ setting).
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import time
 from pathlib import Path
@@ -78,6 +81,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", nargs="+", default=None, metavar="NAME")
+    p.add_argument("--reuse", nargs="+", default=[], metavar="CSV",
+                   help="per-image CSVs of earlier runs (same model, seed, size, settings) whose "
+                        "complete tasks are read instead of recomputed")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "eval_settings"))
     args = p.parse_args(argv)
     folder = Path(args.data) / args.set
@@ -92,9 +98,18 @@ def main(argv=None):
     labels = ["A+y"]
     for s, smp in samplers.items():
         labels += [s] + ([f"{s} [1 sample]"] if smp.samples > 1 else [])
-    rows = []
+    rows, reused = [], {}
+    for path in args.reuse:
+        with open(path, newline="") as f:
+            old = {(r["task"], r["setting"], r["image"]): r for r in csv.DictReader(f)}
+        for task in tasks:
+            keys = [(task, label, n) for label in labels for n in names]
+            if task not in reused and all(k in old for k in keys):
+                reused[task] = path
+                rows += [dict(task=t, setting=s, image=n, **{m: float(old[t, s, n][m])
+                              for m in ("psnr", "ssim", "lpips")}) for t, s, n in keys]
     started = time.time()
-    bar = tqdm(total=len(tasks) * len(names), desc="eval_settings")
+    bar = tqdm(total=(len(tasks) - len(reused)) * len(names), desc="eval_settings")
 
     def score(label, task, img, gt, start):
         img = jnp.clip(img, -1, 1)
@@ -106,6 +121,8 @@ def main(argv=None):
                              psnr=float(psnr[i]), ssim=float(ssim[i]), lpips=float(lpips[i])))
 
     for task, (name, kw) in tasks.items():
+        if task in reused:
+            continue
         op = dq.operators.get(name, image_shape=gt_all.shape[1:], **kw)
         for start in range(0, len(names), args.batch):
             gt = jnp.asarray(gt_all[start:start + args.batch])
@@ -121,7 +138,7 @@ def main(argv=None):
             bar.update(len(gt))
     bar.close()
     summary = []
-    for task in tasks:
+    for task in tasks:  # summary in task order, whether computed or reused
         ref = {r["image"]: r for r in rows if r["task"] == task and r["setting"] == "A+y"}
         for label in labels:
             sel = [r for r in rows if r["task"] == task and r["setting"] == label]
@@ -144,10 +161,15 @@ def main(argv=None):
         "`[1 sample]`: the first of the K samples whose mean is the row above",
         "ccdf=K: the last K of the T steps, from A⁺y diffused to that time (dq.restore(ccdf=K))",
         "beats_apy_*: images on which the restoration's PSNR is higher / LPIPS lower than A⁺y's",
-        f"machine: {machine()}; {time.time() - started:.0f} s in all",
+        *[f"{task}: rows read from `{path}` "
+          "(--reuse; computed by that file's own command with the same model parameters, "
+          "seed, size and settings), not recomputed" for task, path in reused.items()],
+        f"machine: {machine()}; {time.time() - started:.0f} s in all"
+        + (" (the tasks not reused)" if reused else ""),
     ]) + table(summary) + [""]
     Path(args.out + ".md").write_text("\n".join(lines))
-    write_csv(args.out + ".csv", rows)
+    order = list(tasks)
+    write_csv(args.out + ".csv", sorted(rows, key=lambda r: order.index(r["task"])))
     print("\n".join(lines))
 
 
