@@ -4,7 +4,6 @@ the shipped default model. Kept small (one tiny network compiled once) so it run
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -218,26 +217,6 @@ def test_default_model_runs_at_a_non_square_size():
     out = model.eps_fn(model.params, x, jnp.array([500]))
     assert out.shape == (1, 3 * m, 5 * m, model.out_channels)
     assert bool(jnp.all(jnp.isfinite(out)))
-
-
-def test_committed_candidate_prior_loads_with_the_default_settings():
-    """experiments/models/prior_crop96 (the larger-crop candidate prior, train_prior.md stage
-    4): loads, has the default model's architecture and recommended sampler, and restores."""
-    import deqir_jax as dq
-    from deqir_jax.models.default import default
-
-    path = Path(__file__).parents[1] / "experiments" / "models" / "prior_crop96"
-    model, ref = dq.models.load(path), default()
-    assert model.config == ref.config and model.sampler == ref.sampler
-    shapes = lambda m: jax.tree.map(jnp.shape, m.params)
-    assert shapes(model) == shapes(ref)
-    differs = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), model.params,
-                                           ref.params))
-    assert any(differs)  # its own weights, not a copy of the default's
-    op = dq.operators.get("inpainting", image_shape=(16, 16, 3), mask="box")
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 16, 16, 3)), jnp.float32)
-    res = dq.restore(model, op.A(x), op, timesteps=4, key=0)
-    assert res.image.shape == x.shape and bool(jnp.all(jnp.isfinite(res.image)))
 
 
 def test_default_model_missing_asset_names_the_path(monkeypatch):
