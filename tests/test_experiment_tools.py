@@ -58,3 +58,37 @@ def test_offline_stop_matches_the_solvers_own_stop():
         p = stop_tolerance.stop_at(c["points"], DEFAULT_TOL, solver)
         assert str(p["depth"] if p else "") == stops[(str(c["T"]), c["task"], c["image"],
                                                        c["sampler"])]
+
+
+def test_eval_settings_reuse_reads_complete_tasks_and_computes_the_rest(tmp_path):
+    """eval_settings.py --reuse: a task the CSV holds in full (A⁺y and every label, every
+    image) is read, not recomputed; a task it holds only in part is computed."""
+    import eval_settings
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data" / "S"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(data / name)
+    labels = ["A+y", "timesteps=2,samples=2", "timesteps=2,samples=2 [1 sample]"]
+    old = tmp_path / "old.csv"
+    with open(old, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "setting", "image", "psnr", "ssim", "lpips"])
+        for i, label in enumerate(labels):
+            for image in ("a.png", "b.png"):
+                w.writerow(["deblur_gauss", label, image, 30 + i, 0.5, 0.25])
+        w.writerow(["deblur_uni", "A+y", "a.png", 99, 0.5, 0.25])  # incomplete: recomputed
+    out = tmp_path / "out"
+    eval_settings.main(["--data", str(tmp_path / "data"), "--set", "S", "--size", "16",
+                        "--settings", "timesteps=2,samples=2", "--tasks", "deblur_gauss",
+                        "deblur_uni", "--reuse", str(old), "--out", str(out)])
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    gauss = [r for r in rows if r["task"] == "deblur_gauss"]
+    assert sorted(float(r["psnr"]) for r in gauss) == [30, 30, 31, 31, 32, 32]
+    uni = [r for r in rows if r["task"] == "deblur_uni"]
+    assert len(uni) == 6 and all(float(r["psnr"]) != 99 for r in uni)
+    md = Path(f"{out}.md").read_text()
+    assert "deblur_gauss: rows read from" in md and "deblur_uni: rows read" not in md

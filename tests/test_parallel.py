@@ -83,3 +83,17 @@ def test_multihost_example_two_processes():
     assert len(checks) == 1  # both hosts hold the same result
     for line in lines:
         assert float(line.rsplit(" ", 1)[1]) <= 1e-4  # float32 rounding of the closed form
+
+
+def test_sharded_map_wraps_a_deq_map():
+    """ShardedDEQMap takes the DEQMap each device runs (no field repeated): a map without an
+    axis name gets the timestep axis; anything else is refused by name."""
+    from deqir_jax.diffusion import DEQMap
+    from deqir_jax.parallel import AXIS, ShardedDEQMap, make_mesh
+
+    eps = lambda params, x, t: x
+    sharded = ShardedDEQMap(DEQMap(eps, order=2), make_mesh(1))
+    assert sharded.axis_name == AXIS and sharded.local.order == 2
+    assert hash(sharded) == hash(ShardedDEQMap(DEQMap(eps, order=2), make_mesh(1)))
+    with pytest.raises(TypeError, match="shards a DEQMap"):
+        ShardedDEQMap(eps, make_mesh(1))
