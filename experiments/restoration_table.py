@@ -75,7 +75,8 @@ def main(argv=None):
     p.add_argument("--skip-type", default="uniform", choices=("uniform", "quad"))
     p.add_argument("--samples", type=int, default=1, help="K restorations per image, averaged")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tol", type=float, default=1e-3, help="Anderson relative tolerance")
+    p.add_argument("--tol", type=float, default=1e-3,
+                   help="Anderson stop tolerance (per-row, noise-scaled; library default 1)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="Anderson map evaluations (default: the library's max(2T, 15))")
     p.add_argument("--tasks", nargs="+", default=None, metavar="OP",
@@ -142,9 +143,10 @@ def write(args, rows, names, model_desc, panels, labels):
         f"{'fresh noise per step' if args.fresh_noise else 'one shared noise'}, "
         f"seed {args.seed}; restored = mean of {args.samples} restoration(s) per image "
         "(independent x_T; `dq.restore(samples=K)`), the \"1 sample\" columns are the first "
-        f"of them; Anderson with the library defaults except relative tol {args.tol} and at "
-        f"most {args.max_steps or 'max(2T, 15)'} map evaluations (per-row mixing, causal, best "
-        "iterate)",
+        f"of them; Anderson = `method=\"anderson\"` with the library defaults (triangular "
+        "Anderson on the linearized map, per-row noise-scaled stop, best iterate) except the "
+        f"stop tolerance {args.tol} (default 1) and at most "
+        f"{args.max_steps or 'max(2T, 15)'} map evaluations",
         "metrics on images clipped to [-1, 1]: PSNR (dB, RGB, data range of [0,1] images), "
         "SSIM (Gaussian window 11, σ 1.5, RGB mean), LPIPS (AlexNet, lower is better)",
         f"machine: {machine()}",
