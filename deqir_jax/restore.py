@@ -348,9 +348,10 @@ def _solve(model, problem, method, solver, chunk_size, order, linearize, coarse,
     else:
         X0 = _coarse(eps, problem, coarse) if coarse else initial_trajectory(problem)
         deq_map = DEQMap(eps, chunk_size=chunk_size, order=order, linearize=linearize)
-        if mesh is not None and isinstance(solver, SlidingWindow):
-            raise ValueError("the sliding window runs on one device; drop mesh= or the window")
         if mesh is not None:
+            if isinstance(solver, SlidingWindow):
+                raise ValueError("the sliding window runs on one device; drop mesh= or the "
+                                 "window")
             from .parallel import (
                 ShardedDEQMap,
                 batch_axis,

@@ -85,7 +85,8 @@ def test_eval_settings_reuse_reads_complete_tasks_and_computes_the_rest(tmp_path
     eval_settings.main(["--data", str(tmp_path / "data"), "--set", "S", "--size", "16",
                         "--settings", "timesteps=2,samples=2", "--tasks", "deblur_gauss",
                         "deblur_uni", "--reuse", str(old), "--out", str(out)])
-    rows = list(csv.DictReader(open(f"{out}.csv")))
+    with open(f"{out}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     gauss = [r for r in rows if r["task"] == "deblur_gauss"]
     assert sorted(float(r["psnr"]) for r in gauss) == [30, 30, 31, 31, 32, 32]
     uni = [r for r in rows if r["task"] == "deblur_uni"]

@@ -97,3 +97,16 @@ def test_sharded_map_wraps_a_deq_map():
     assert hash(sharded) == hash(ShardedDEQMap(DEQMap(eps, order=2), make_mesh(1)))
     with pytest.raises(TypeError, match="shards a DEQMap"):
         ShardedDEQMap(eps, make_mesh(1))
+
+
+def test_sliding_window_on_a_mesh_is_refused():
+    """The sliding window runs on one device: restore(mesh=...) with it says so."""
+    import deqir_jax as dq
+    from deqir_jax.diffusion import GaussianModel
+    from deqir_jax.parallel import make_mesh
+    from deqir_jax.solve import SlidingWindow
+
+    model = GaussianModel.create((4, 4, 3))
+    with pytest.raises(ValueError, match="sliding window runs on one device"):
+        dq.restore(model, None, None, 4, "picard", key=0, image_shape=(4, 4, 3),
+                   solver=SlidingWindow(window=2), mesh=make_mesh(1))
