@@ -32,12 +32,20 @@ METHODS = ("auto", "sequential", "anderson", "picard")
 #: residual under the tolerance, so it is one flag away (``order=2``), not the default.
 DEFAULT_ORDER = None
 DEFAULT_TOL = 1.0
-#: The variance s² of the white Gaussian whose ε slope the default parallel map solves exactly
-#: (:class:`~deqir_jax.diffusion.DEQMap`'s ``linearize``). Chosen from the depth benchmark
-#: (``experiments/results/bench_depth_linearize.md``: 0.03 to 1 on DDNM's η = 1, T = 25; 0.1
-#: reaches sequential quality within 5-6 rounds on every task, smaller values stop early on
-#: colorization, larger ones need more rounds).
-DEFAULT_LINEARIZE = 0.1
+#: The variances ``(s²_null, s²_range)`` of the Gaussian whose ε slope the default parallel
+#: map solves exactly (:class:`~deqir_jax.diffusion.DEQMap`'s ``linearize``): 0.1 in the null
+#: space of A, 1 in its range. One variance, 0.1, was chosen on DDNM's η = 1
+#: (``experiments/results/bench_depth_linearize.md``: 0.1 reaches sequential quality within
+#: 5-6 rounds on every task at T = 25; smaller values stop early on colorization, larger
+#: ones need more rounds). The range of the usual operators holds the part of an image that
+#: carries most of its variance per dimension (luminance for colorization, low frequencies
+#: for super-resolution and deblurring), and there the official sampler (``etw`` 0.1) at
+#: T = 100 converged slowly with 0.1: colorization needed 17 rounds. With 1 in the range it
+#: needs 9, and every task reaches sequential quality in no more rounds than with 0.1
+#: (official sampler: kodim05 at T = 25 and 100, two other images at T = 100;
+#: ``experiments/results/bench_depth_subspace*.md``). With DDNM's η = 1 (c2 = 0) the range
+#: part of a row reads no ε, so only the null-space variance matters there.
+DEFAULT_LINEARIZE = (0.1, 1.0)
 
 
 def map_settings(method: str, *, faithful: bool = False, solver=None, order="default",
@@ -266,10 +274,11 @@ def restore(
             None is the official full-order map, k a row k DDNM steps from row r−k.
             ``"default"``: ``DEFAULT_ORDER`` for ``method="anderson"`` without ``faithful``,
             the full order otherwise.
-        linearize: None (the official map) or the variance s² of the white Gaussian whose
-            ε slope the map's prefix scan solves exactly (``DEQMap.linearize``: the same
-            fixed point, reached in far fewer rounds, above all by samplers whose ε weight is
-            small, such as DDNM's η = 1). ``"default"``: ``DEFAULT_LINEARIZE`` for
+        linearize: None (the official map), the variance s² of the white Gaussian whose
+            ε slope the map's prefix scan solves exactly, or a pair ``(s²_null, s²_range)``,
+            one variance in the null space of A and one in its range (``DEQMap.linearize``:
+            the same fixed point, reached in far fewer rounds, above all by samplers whose ε
+            weight is small, such as DDNM's η = 1). ``"default"``: ``DEFAULT_LINEARIZE`` for
             ``method="anderson"`` without ``faithful``, None otherwise (:func:`map_settings`).
         coarse: start the parallel solve from a sequential pass of this many steps spread
             onto the T rows (:func:`~deqir_jax.diffusion.coarse_trajectory`; 0: every row

@@ -68,7 +68,7 @@ class Variant:
     solver: object
     order: int | None = None
     coarse: int = 0
-    linearize: float | None = None
+    linearize: float | tuple[float, float] | None = None
 
 
 def variants(T: int, names) -> dict[str, Variant]:
@@ -93,17 +93,22 @@ def variants(T: int, names) -> dict[str, Variant]:
 
 def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
     """A known variant; ``picard-lin<S2>``/``triangular-lin<S2>``: another linearization
-    variance; a ``:field=value,...`` suffix overrides fields of the solver (e.g.
+    variance (``<S2N>/<S2R>``: one for the null space of A, one for its range); a
+    ``:field=value,...`` suffix overrides fields of the solver (e.g.
     ``default:m=10``)."""
     base, _, overrides = name.partition(":")
     kind, _, s2 = base.partition("-lin")
     if base in known:
         var = known[base]
-    elif kind in ("picard", "triangular") and _is_number(s2):
-        var = dataclasses.replace(known[f"{kind}-lin"], linearize=float(s2))
+    elif kind in ("picard", "triangular") and 1 <= len(s2.split("/")) <= 2 and all(
+            map(_is_number, s2.split("/"))):
+        lin = tuple(float(v) for v in s2.split("/"))
+        var = dataclasses.replace(known[f"{kind}-lin"],
+                                  linearize=lin[0] if len(lin) == 1 else lin)
     else:
         raise SystemExit(f"unknown solver {base!r}; known: {sorted(known)}, "
-                         "picard-lin<S2>, triangular-lin<S2>, any of them with :field=value")
+                         "picard-lin<S2>, triangular-lin<S2> (or <S2N>/<S2R>: null space / "
+                         "range), any of them with :field=value")
     fields = {}
     for item in filter(None, overrides.split(",")):
         key, _, value = item.partition("=")
@@ -297,8 +302,9 @@ def write(args, rows, curves):
         "sequential x̂, LPIPS vs the ground truth); – = beyond the cap; seq_*: the sequential "
         "sampler's PSNR and LPIPS",
         "solvers: picard = full-order Picard (the official map); picard-lin = the same on "
-        f"the linearized map (`linearize={DEFAULT_LINEARIZE}`: ε's white-Gaussian slope "
-        "solved in the scan); anderson-faithful = official settings; "
+        f"the linearized map (`linearize={DEFAULT_LINEARIZE}`: ε's Gaussian slope solved in "
+        "the scan; a pair is (null space, range) of A; -lin<S2> or -lin<S2N>/<S2R> names "
+        "other variances); anderson-faithful = official settings; "
         "anderson-v1 = an earlier default (per-row mixing, full order, relative tol 1e-4); "
         "triangular-full / triangular-lin = triangular Anderson with the per-row stop on the "
         "official / the linearized full-order map; default = "
@@ -351,7 +357,8 @@ def main(argv=None):
                    default=["picard", "anderson-faithful", "default", "order2"],
                    help="variants: picard, picard-lin, anderson-faithful, anderson-v1, "
                         "triangular-full, triangular-lin, default, order2, coarse<N>+order2; "
-                        "picard-lin<S2>/triangular-lin<S2> for another s²; a suffix "
+                        "picard-lin<S2>/triangular-lin<S2> for another s² (<S2N>/<S2R>: "
+                        "null space / range of A); a suffix "
                         ":field=value,... overrides solver fields (default:m=10)")
     p.add_argument("--images", nargs="+", default=["Kodak24/kodim05.png"],
                    help="paths under ../shared/data/test")

@@ -173,17 +173,24 @@ def test_linearize_flag(capsys, tmp_path, model_dir, inputs):
     argv = ["restore", inputs / "clean.png", "--task", "inpainting", "--model", model_dir,
             "--timesteps", "4", "--no-lpips", "--method", "anderson", "--etw", "1", "--nw", "1",
             "--fresh-noise"]
-    for extra, value in (([], DEFAULT_LINEARIZE), (["--linearize", "off"], None),
-                         (["--linearize", "0.3"], 0.3)):
-        out = tmp_path / f"out{len(extra)}{value}"
+    assert DEFAULT_LINEARIZE == (0.1, 1.0)  # the expected line below is written for it
+    for extra, value, expected in (
+            ([], DEFAULT_LINEARIZE,
+             "linearized (Gaussian ε slope, s² = 0.1 null space, 1 range space)"),
+            (["--linearize", "off"], None, "official"),
+            (["--linearize", "0.3"], 0.3, "linearized (Gaussian ε slope, s² = 0.3)"),
+            (["--linearize", "0.2,2"], (0.2, 2.0),
+             "linearized (Gaussian ε slope, s² = 0.2 null space, 2 range space)")):
+        out = tmp_path / f"out_{extra[-1] if extra else 'default'}"
         code, stdout, err = run(capsys, *argv, "-o", out, *extra)
         assert code == 0, err
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["sampler"]["linearize"] == value
-        expected = "official" if value is None else f"linearized (Gaussian ε slope, s² = {value:g})"
+        recorded = summary["sampler"]["linearize"]
+        assert (tuple(recorded) if isinstance(recorded, list) else recorded) == value
         assert f"map: full order, {expected}" in stdout
-    code, _, err = run(capsys, *argv, "-o", tmp_path / "bad", "--linearize", "-1")
-    assert code == 2 and "--linearize" in err and "variance > 0" in err
+    for bad in ("-1", "0.1,0", "0.1,1,2", "a,b"):
+        code, _, err = run(capsys, *argv, "-o", tmp_path / "bad", "--linearize", bad)
+        assert code == 2 and "--linearize" in err and "variance > 0" in err, bad
     code, _, err = run(capsys, *argv, "--method", "sequential", "-o", tmp_path / "seq",
                        "--linearize", "0.1")
     assert code == 2 and "--linearize does not apply to --method sequential" in err

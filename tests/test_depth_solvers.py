@@ -2,6 +2,8 @@
 the order-k system, triangular Anderson, the coarse start, per-image stopping, the default
 ``method="anderson"`` and ``method="auto"``."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +46,7 @@ def setup():
     return model, op, y, prob, eps, traj
 
 
-@pytest.mark.parametrize("linearize", [None, 0.1])
+@pytest.mark.parametrize("linearize", [None, 0.1, (0.1, 1.0)])
 @pytest.mark.parametrize("order", [None, 1, 2, 3, T, 2 * T])
 def test_every_order_has_the_sequential_fixed_point(setup, order, linearize):
     _, _, _, prob, eps, traj = setup
@@ -59,12 +61,15 @@ def test_every_order_has_the_sequential_fixed_point(setup, order, linearize):
 def test_order_and_linearize_are_validated():
     with pytest.raises(ValueError, match="order"):
         DEQMap(lambda p, x, t: x, order=0)
-    for bad in (0, -0.1, float("nan"), float("inf"), True, "0.1"):
+    for bad in (0, -0.1, float("nan"), float("inf"), True, "0.1", (0.1,), (0.1, 0.0),
+                (0.1, 1.0, 2.0), [0.1, 1.0], (0.1, "1")):
         with pytest.raises(ValueError, match="linearize"):
             DEQMap(lambda p, x, t: x, linearize=bad)
+    assert DEQMap(lambda p, x, t: x, linearize=(0.1, 1)).linearize == (0.1, 1)
 
 
-@pytest.mark.parametrize("order,linearize", [(None, None), (2, None), (None, 0.1), (3, 0.1)])
+@pytest.mark.parametrize("order,linearize", [(None, None), (2, None), (None, 0.1), (3, 0.1),
+                                             (None, (0.1, 1.0))])
 def test_window_of_every_map_form(setup, order, linearize):
     """``DEQMap.window`` (the sliding window's map) for every order and linearization: at the
     sequential trajectory each window is those rows, and the sliding-window solver reaches
@@ -123,7 +128,37 @@ def test_linearized_map_is_exact_in_one_evaluation_for_white_gaussian_data(etw):
     assert float(jnp.max(jnp.abs(other - traj))) > 1e-6
 
 
-@pytest.mark.parametrize("order,linearize", [(None, None), (2, None), (None, 0.1)])
+@pytest.mark.parametrize("etw", [1.0, 0.1])
+def test_subspace_linearized_map_is_exact_for_gaussian_data_with_two_variances(etw):
+    """Data whose variance is s²_r on the observed pixels (the range of an inpainting mask)
+    and s²_n on the missing ones: ``linearize=(s²_n, s²_r)`` solves ε's slope exactly, so one
+    evaluation is the sequential trajectory; a wrong null-space variance is not. The range
+    variance matters only where the range reads ε: with DDNM's η = 1 (c2 = 0, λ = 1) the
+    range part of every row is √a' A⁺y, so s²_n alone is exact too."""
+    shape, s_n, s_r = (6, 6, 3), 0.25, 0.75
+    op = operators.get("inpainting", image_shape=shape, mask="random", keep_ratio=0.5)
+    keep = np.asarray(op.project_range(jnp.ones((1,) + shape)))[0] > 0.5
+    model = dq.diffusion.GaussianModel.create(shape)
+    model = dataclasses.replace(model, params=dict(
+        model.params, std=jnp.asarray(np.where(keep, s_r, s_n), jnp.float32)))
+    y = op.A(jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2,) + shape)))
+    prob = dq.make_problem(model, y, op, timesteps=T, key=0, etw=etw, nw=etw,
+                           fresh_noise=True, dtype=jnp.float64)
+    _, traj = sequential_sample(model.eps_fn, prob, return_trajectory=True)
+    X0 = initial_trajectory(prob)
+    err = lambda lin: float(jnp.max(jnp.abs(DEQMap(model.eps_fn, linearize=lin)(X0, prob)
+                                            - traj)))
+    assert err((s_n**2, s_r**2)) <= 1e-10
+    for wrong in ((s_r**2, s_n**2), s_r**2):
+        assert err(wrong) > 1e-6, wrong
+    if etw == 1.0:
+        assert err(s_n**2) <= 1e-10
+    else:
+        assert err(s_n**2) > 1e-6
+
+
+@pytest.mark.parametrize("order,linearize", [(None, None), (2, None), (None, 0.1),
+                                             (None, (0.1, 1.0))])
 @pytest.mark.parametrize("coarse", [0, 3])
 def test_triangular_anderson_reaches_the_sequential_trajectory(setup, order, linearize,
                                                                coarse):

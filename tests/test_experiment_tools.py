@@ -17,14 +17,16 @@ from deqir_jax.restore import DEFAULT_LINEARIZE, DEFAULT_TOL  # noqa: E402
 
 def test_variant_names_and_overrides():
     v = bench_depth.variants(25, ["default", "default:m=10", "triangular-lin0.3:m=3,guard=false",
-                                  "picard"])
+                                  "picard", "picard-lin0.2/2"])
     assert v["default"].solver.m == 5 and v["default"].linearize == DEFAULT_LINEARIZE
     assert v["default:m=10"].solver.m == 10
     assert v["default:m=10"].solver.tol == v["default"].solver.tol
     lin = v["triangular-lin0.3:m=3,guard=false"]
     assert (lin.linearize, lin.solver.m, lin.solver.guard) == (0.3, 3, False)
+    assert v["picard-lin0.2/2"].linearize == (0.2, 2.0)
     for bad, msg in [("nope", "unknown solver"), ("default:zz=1", "not a field"),
-                     ("triangular-linx", "unknown solver"), ("default:m", "not a field")]:
+                     ("triangular-linx", "unknown solver"), ("default:m", "not a field"),
+                     ("picard-lin0.1/2/3", "unknown solver")]:
         with pytest.raises(SystemExit, match=msg):
             bench_depth.variants(25, [bad])
 

@@ -15,7 +15,7 @@ import pytest
 import deqir_jax as dq
 from deqir_jax import models, operators
 from deqir_jax.diffusion import DEQMap, GaussianModel, initial_trajectory, sequential_sample
-from deqir_jax.restore import eps_view
+from deqir_jax.restore import DEFAULT_LINEARIZE, eps_view
 from deqir_jax.solve import (
     Anderson,
     Implicit,
@@ -93,15 +93,16 @@ def test_implicit_gradient_equals_sequential_gradient(grads, field):
 
 @pytest.mark.parametrize("adjoint", [Implicit(), RowScan()])
 def test_linearized_map_gradient_equals_sequential_gradient(setup, grads, adjoint):
-    """The linearized map (ε's Gaussian slope solved in the scan) has the same equilibrium, so
-    its implicit and row-scan gradients are the sequential sampler's, on the random ADM."""
+    """The default linearized map (ε's Gaussian slope solved in the scan, one variance in the
+    null space and one in the range) has the same equilibrium, so its implicit and row-scan
+    gradients are the sequential sampler's, on the random ADM."""
     prob, eps, target = setup
 
     @jax.jit
     def grad(p):
         def loss(p):
-            sol = fixed_point(DEQMap(eps, linearize=0.1), EXACT, initial_trajectory(p), p,
-                              adjoint=adjoint)
+            sol = fixed_point(DEQMap(eps, linearize=DEFAULT_LINEARIZE), EXACT,
+                              initial_trajectory(p), p, adjoint=adjoint)
             return _loss(sol.value[:, -1], target)
         return jax.grad(loss)(p)
 
@@ -134,7 +135,8 @@ def test_rowscan_adjoint_equals_sequential_gradient(setup, grads, field):
     assert _rel(getattr(grads[0], field), getattr(g, field)) <= 1e-6
 
 
-@pytest.mark.parametrize("deq_map", [dict(order=2), dict(linearize=0.1)])
+@pytest.mark.parametrize("deq_map", [dict(order=2), dict(linearize=0.1),
+                                     dict(linearize=(0.1, 1.0))])
 def test_parallel_adjoint_with_triangular_anderson(gauss_setup, deq_map):
     """The implicit adjoint solved in parallel by the default forward solver's machinery
     (triangular Anderson, causal rule) on the order-2 and the linearized maps equals the

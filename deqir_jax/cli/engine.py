@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import metrics
 from ..diffusion import Sampler
+from ..diffusion.deq_map import describe_linearize
 from ..io import make_grid, resize_nearest, write_image, write_uint8
 from ..restore import SolverError, restore
 from .tasks import TaskSpec, y_picture
@@ -45,7 +46,7 @@ class RunConfig:
     seed: int = 0
     lpips: bool = True
     order: int | None = None
-    linearize: float | None = None
+    linearize: float | tuple[float, float] | None = None
     coarse: int = 0
     devices: int | None = None  # a mesh of this many devices (None: one device)
     method_reason: str = "asked for"
@@ -56,8 +57,7 @@ class RunConfig:
         if self.method == "sequential":
             return line
         order = "full order" if self.order is None else f"order {self.order}"
-        lin = ("official" if self.linearize is None
-               else f"linearized (Gaussian ε slope, s² = {self.linearize:g})")
+        lin = describe_linearize(self.linearize)
         return f"{line}; map: {order}, {lin}"
 
     def describe(self) -> dict:

@@ -103,10 +103,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    "settings (m 5, tol 1e-3, 15 evaluations, last iterate, no guard)")
     s.add_argument("--order", type=int, metavar="K", help="order of the fixed-point system: "
                    "each row K steps from row r-K (default: the full-order official map)")
-    s.add_argument("--linearize", type=_linearize_value, metavar="S2|off", help="solve the "
-                   "slope of the epsilon of white Gaussian data with variance S2 inside the "
-                   "map's prefix scan (same fixed point, fewer rounds); off: the official map "
-                   "(default: 0.1 with --method anderson, off for picard and --faithful)")
+    s.add_argument("--linearize", type=_linearize_value, metavar="S2|S2N,S2R|off",
+                   help="solve the slope of the epsilon of Gaussian data with variance S2 "
+                   "(or S2N in the null space of A and S2R in its range) inside the map's "
+                   "prefix scan (same fixed point, fewer rounds); off: the official map "
+                   "(default: 0.1,1 with --method anderson, off for picard and --faithful)")
     s.add_argument("--coarse", type=int, default=0, metavar="N", help="start the parallel "
                    "solve from an N-step sequential pass spread onto the T rows (counts in "
                    "the depth; default: 0, every row x_T)")
@@ -128,17 +129,19 @@ def _check_range(name: str, value, lo=None, hi=None, *, lo_open=False) -> None:
 _OFF = "off"
 
 
-def _linearize_value(text: str) -> float | str:
-    """``--linearize``: a variance > 0 (checked as ``DEQMap`` checks it), or ``"off"`` (the
-    official map; the option's absence, None, means the default)."""
+def _linearize_value(text: str) -> float | tuple[float, float] | str:
+    """``--linearize``: a variance > 0, or two (null space, range) separated by a comma
+    (checked as ``DEQMap`` checks them), or ``"off"`` (the official map; the option's
+    absence, None, means the default)."""
     if text.strip().lower() in ("off", "none", "0"):
         return _OFF
     try:
-        value = float(text)
+        parts = tuple(float(v) for v in text.split(","))
+        value = parts[0] if len(parts) == 1 else parts
         check_linearize(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a variance > 0 or 'off', got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected a variance > 0, two of them as S2N,S2R, or 'off', got {text!r}") from None
     return value
 
 

@@ -43,13 +43,35 @@ def check_order(order) -> None:
 
 
 def check_linearize(linearize) -> None:
-    """ValueError unless ``linearize`` is None or a finite positive number."""
+    """ValueError unless ``linearize`` is None, a finite positive number, or a tuple of two
+    (the null- and the range-space variance)."""
     if linearize is None:
         return
-    if isinstance(linearize, bool) or not isinstance(linearize, (int, float, np.number)) or not (
-            np.isfinite(linearize) and linearize > 0):
-        raise ValueError("linearize must be None (the official map) or the variance s² > 0 of "
-                         f"the Gaussian whose ε slope the map solves exactly, got {linearize!r}")
+    values = linearize if isinstance(linearize, tuple) and len(linearize) == 2 else (linearize,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not (
+                np.isfinite(v) and v > 0):
+            raise ValueError(
+                "linearize must be None (the official map), the variance s² > 0 of the Gaussian "
+                "whose ε slope the map solves exactly, or a tuple (s²_null, s²_range) of two, "
+                f"got {linearize!r}")
+
+
+def linearize_variances(linearize) -> tuple[float, float]:
+    """``(s²_null, s²_range)`` of a ``linearize`` value that is not None."""
+    if isinstance(linearize, tuple):
+        return float(linearize[0]), float(linearize[1])
+    return float(linearize), float(linearize)
+
+
+def describe_linearize(linearize) -> str:
+    """A short human description: ``official`` or the variance(s) of the linearized map."""
+    if linearize is None:
+        return "official"
+    null, range_ = linearize_variances(linearize)
+    if null == range_:
+        return f"linearized (Gaussian ε slope, s² = {null:g})"
+    return f"linearized (Gaussian ε slope, s² = {null:g} null space, {range_:g} range space)"
 
 
 def gaussian_eps_slope(coeffs, variance):
@@ -86,9 +108,12 @@ class DEQMap:
             s² > 0: ε is split into the slope g_i of the ε of white Gaussian data with
             variance s² (:func:`gaussian_eps_slope`) and the rest, ``ε = g_i x + r``; the
             slope enters the scan's decay (``D_i + E_i g_i``), so that part of the chain is
-            solved exactly in every evaluation, and only ``r`` is held fixed. The fixed point
-            and the row structure are unchanged (order 1 is the same map either way); how
-            errors travel is not (``experiments/results/bench_depth.md``).
+            solved exactly in every evaluation, and only ``r`` is held fixed. A tuple
+            ``(s²_null, s²_range)``: Gaussian data with one variance in the null space of A
+            and another in its range (the slope ``g_null Q + g_range P``, still solved by the
+            two scans, which run separately in the two spaces anyway). The fixed point and
+            the row structure are unchanged (order 1 is the same map either way); how errors
+            travel is not (``experiments/results/bench_depth*.md``).
     """
 
     eps_fn: Callable
@@ -155,10 +180,15 @@ class DEQMap:
         col = lambda a: jnp.reshape(a, shape)
         decay_null, decay_range = c.decay_null, c.decay_range
         if self.linearize is not None:  # ε = g x + r: the slope joins the decay, r stays
-            g = gaussian_eps_slope(c, self.linearize)
-            eps = eps - col(g) * base.astype(dtype)
-            decay_null = decay_null + c.eps_null * g
-            decay_range = decay_range + c.eps_range * g
+            s_null, s_range = linearize_variances(self.linearize)
+            g_null, g_range = gaussian_eps_slope(c, s_null), gaussian_eps_slope(c, s_range)
+            b = base.astype(dtype)
+            # g x = g_null Q x + g_range P x (P, Q the complementary orthogonal projections).
+            eps = eps - col(g_null) * b
+            if s_range != s_null:
+                eps = eps - col(g_range - g_null) * problem.project_range(b)
+            decay_null = decay_null + c.eps_null * g_null
+            decay_range = decay_range + c.eps_range * g_range
         x_T = (problem.x_T if init is None else init).astype(dtype)
         noise = (problem.noise if noise is None else noise).astype(dtype)
         p_eps = problem.project_range(eps)
