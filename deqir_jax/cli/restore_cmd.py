@@ -93,7 +93,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-anderson-iters", "--max-steps", dest="max_steps", type=int,
                    metavar="N", help="maximum map evaluations (default: T+2 for anderson, "
                    "T+1 for picard; 15 with --faithful)")
-    s.add_argument("--tol", type=float, help="stopping tolerance (default: anderson 1 on the "
+    s.add_argument("--tol", type=float, help="stopping tolerance (default: anderson 0.5 on the "
                    "per-row noise-scaled residual; picard 1e-5 relative; 1e-3 relative with "
                    "--faithful)")
     s.add_argument("--lam", type=float, help="Anderson ridge lambda (default 1e-3)")
