@@ -78,7 +78,7 @@ def variants(T):
     return {
         "picard": Picard(tol=1e-5, max_steps=T + 1),
         "anderson-faithful": Anderson.faithful(),
-        "anderson": make_solver("anderson", T),  # the default: triangular, per-row tol 1
+        "anderson": make_solver("anderson", T),  # the default: triangular, per-row stop
         # the previous default: one mixing per row, relative tolerance 1e-4
         "anderson-per_row-relative": make_solver("anderson", T, mixing="per_row",
                                                  stop="relative", tol=1e-4),
