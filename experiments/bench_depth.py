@@ -39,6 +39,7 @@ import numpy as np
 
 import deqir_jax as dq
 from deqir_jax.diffusion import DEQMap, coarse_trajectory, initial_trajectory
+from deqir_jax.diffusion.deq_map import parse_linearize
 from deqir_jax.restore import (
     DEFAULT_LINEARIZE,
     _sequential,
@@ -100,11 +101,8 @@ def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
     kind, _, s2 = base.partition("-lin")
     if base in known:
         var = known[base]
-    elif kind in ("picard", "triangular") and 1 <= len(s2.split("/")) <= 2 and all(
-            map(_is_number, s2.split("/"))):
-        lin = tuple(float(v) for v in s2.split("/"))
-        var = dataclasses.replace(known[f"{kind}-lin"],
-                                  linearize=lin[0] if len(lin) == 1 else lin)
+    elif kind in ("picard", "triangular") and (lin := _linearize(s2)) is not None:
+        var = dataclasses.replace(known[f"{kind}-lin"], linearize=lin)
     else:
         raise SystemExit(f"unknown solver {base!r}; known: {sorted(known)}, "
                          "picard-lin<S2>, triangular-lin<S2> (or <S2N>/<S2R>: null space / "
@@ -123,12 +121,12 @@ def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
     return dataclasses.replace(var, solver=dataclasses.replace(var.solver, **fields))
 
 
-def _is_number(text: str) -> bool:
+def _linearize(text: str):
+    """``<S2>`` or ``<S2N>/<S2R>`` as a ``linearize`` value; None if it is not one."""
     try:
-        float(text)
+        return parse_linearize(text, sep="/")
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def load_model(name: str, size: int):

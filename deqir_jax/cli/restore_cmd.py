@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..diffusion import Sampler, sampler_for
-from ..diffusion.deq_map import check_linearize
+from ..diffusion.deq_map import parse_linearize
 from ..io import list_images, read_image
 from ..parallel import check_mesh
 from ..restore import METHODS, make_solver, map_settings, resolve_method
@@ -136,9 +136,7 @@ def _linearize_value(text: str) -> float | tuple[float, float] | str:
     if text.strip().lower() in ("off", "none", "0"):
         return _OFF
     try:
-        parts = tuple(float(v) for v in text.split(","))
-        value = parts[0] if len(parts) == 1 else parts
-        check_linearize(value)
+        value = parse_linearize(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a variance > 0, two of them as S2N,S2R, or 'off', got {text!r}") from None

@@ -57,6 +57,15 @@ def check_linearize(linearize) -> None:
                 f"got {linearize!r}")
 
 
+def parse_linearize(text: str, sep: str = ","):
+    """A ``linearize`` value from text: one variance (``"0.1"``) or a null-space/range pair
+    separated by ``sep`` (``"0.1,1"``), checked as :class:`DEQMap` checks it (ValueError)."""
+    parts = tuple(float(v) for v in text.split(sep))
+    value = parts[0] if len(parts) == 1 else parts
+    check_linearize(value)
+    return value
+
+
 def linearize_variances(linearize) -> tuple[float, float]:
     """``(s²_null, s²_range)`` of a ``linearize`` value that is not None."""
     if isinstance(linearize, tuple):
@@ -185,7 +194,7 @@ class DEQMap:
             b = base.astype(dtype)
             # g x = g_null Q x + g_range P x (P, Q the complementary orthogonal projections).
             eps = eps - col(g_null) * b
-            if s_range != s_null:
+            if s_range != s_null:  # one variance: P x needs no extra projection
                 eps = eps - col(g_range - g_null) * problem.project_range(b)
             decay_null = decay_null + c.eps_null * g_null
             decay_range = decay_range + c.eps_range * g_range
